@@ -1,0 +1,86 @@
+"""The result of a ``vpindex run``: per-case verdicts and figures, shared by every backend.
+
+The CLI renders a :class:`RunReport` as a table or, with ``--json``, as :meth:`RunReport.to_json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CaseResult", "RunReport", "percentiles"]
+
+
+@dataclass
+class CaseResult:
+    """One verified case: its name, verdict, and any figures worth reporting (JSON-able)."""
+
+    name: str
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, **self.details}
+
+
+@dataclass
+class RunReport:
+    """A whole run. ``failed`` counts failed cases unless a backend sets ``failed_override``
+    (the bring-your-own-guest mode counts vCPUs with a non-zero exit code instead)."""
+
+    backend: str
+    vcpus: int
+    strategy: str
+    calls: int = 0
+    cases: list[CaseResult] = field(default_factory=list)
+    latency_us: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    failed_override: int | None = None
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for c in self.cases if c.passed)
+
+    @property
+    def failed(self) -> int:
+        if self.failed_override is not None:
+            return self.failed_override
+        return sum(1 for c in self.cases if not c.passed)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "vcpus": self.vcpus,
+            "strategy": self.strategy,
+            "calls": self.calls,
+            "passed": self.passed,
+            "failed": self.failed,
+            "cases": [c.to_json() for c in self.cases],
+            "latency_us": self.latency_us,
+        }
+        out.update(self.extra)
+        return out
+
+
+def percentiles(samples_us: list[float]) -> dict[str, float]:
+    """min / p50 / p90 / p99 / max / mean of latency samples in microseconds (empty -> {})."""
+    if not samples_us:
+        return {}
+    s = sorted(samples_us)
+
+    def pick(q: float) -> float:
+        return round(s[min(len(s) - 1, int(q * len(s)))], 2)
+
+    return {
+        "min": round(s[0], 2),
+        "p50": pick(0.50),
+        "p90": pick(0.90),
+        "p99": pick(0.99),
+        "max": round(s[-1], 2),
+        "mean": round(sum(s) / len(s), 2),
+        "count": float(len(s)),
+    }

@@ -1,0 +1,1 @@
+"""Registers every sub-command on :data:`vpindex.cli.app.app`."""
