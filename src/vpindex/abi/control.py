@@ -68,7 +68,9 @@ class HvCallCode(IntEnum):
         return self not in _IPI_CALLS
 
 
-_REP_CALLS = frozenset({HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST, HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST_EX})
+_REP_CALLS = frozenset(
+    {HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST, HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST_EX}
+)
 _EX_CALLS = frozenset(
     {
         HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX,
@@ -166,5 +168,3 @@ def hypercall_result(status: HvStatus | int, reps_completed: int = 0) -> int:
     if not 0 <= reps_completed <= _REP_MAX:
         raise ValueError(f"reps_completed must be in [0, 4095], got {reps_completed!r}")
     return int(status) | (reps_completed << _REP_COUNT_SHIFT)
-
-

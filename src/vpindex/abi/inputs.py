@@ -202,9 +202,7 @@ class GvaRange:
         """The page addresses this range covers (wrapping at 2**64 is not special-cased: the
         addresses are computed modulo 2**64)."""
         first = self.page_number
-        return tuple(
-            ((first + i) << PAGE_SHIFT) & _U64 for i in range(self.additional_pages + 1)
-        )
+        return tuple(((first + i) << PAGE_SHIFT) & _U64 for i in range(self.additional_pages + 1))
 
 
 def decode_gva_list(buf: bytes | bytearray | memoryview, count: int) -> tuple[GvaRange, ...]:
