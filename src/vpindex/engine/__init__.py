@@ -1,6 +1,13 @@
 """The hypercall engine: a Partition serving the PV TLB-flush and PV IPI hypercalls."""
 
-from vpindex.engine.calls import SHAPES, CallShape, FlushRequest, IpiRequest, decode_request
+from vpindex.engine.calls import (
+    SHAPES,
+    CallShape,
+    FlushRequest,
+    IpiRequest,
+    decode_hypercall,
+    decode_request,
+)
 from vpindex.engine.events import HypercallEvent, format_event
 from vpindex.engine.faults import GP, UD, GuestFault
 from vpindex.engine.memory import GuestMemory
@@ -40,6 +47,7 @@ __all__ = [
     "Platform",
     "SynchronousPlatform",
     "VcpuState",
+    "decode_hypercall",
     "decode_request",
     "format_event",
 ]

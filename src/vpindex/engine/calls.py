@@ -22,14 +22,20 @@ from dataclasses import dataclass
 from typing import Final
 
 from vpindex.abi import (
+    FAST_BIT,
     FORMAT_ALL,
     FORMAT_SPARSE_4K,
+    RESERVED_MASK,
+    XMM_CAPABLE_CALLS,
+    Features,
     FlushFlags,
     HvCallCode,
     HvError,
     HvStatus,
     VpSet,
+    required_features,
 )
+from vpindex.engine.faults import UD, GuestFault
 
 __all__ = [
     "SHAPES",
@@ -37,6 +43,7 @@ __all__ = [
     "CallShape",
     "FlushRequest",
     "IpiRequest",
+    "decode_hypercall",
     "decode_request",
 ]
 
@@ -233,6 +240,41 @@ def decode_request(
         return IpiRequest(vp_set, vector)
     _check_vector(vector)
     return IpiRequest(vp_set, vector)
+
+
+_XMM_CODES: Final = frozenset(int(c) for c in XMM_CAPABLE_CALLS)
+
+
+def decode_hypercall(
+    rcx: int,
+    rdx: int,
+    r8: int,
+    xmm: bytes,
+    memory_view: MemoryView,
+    features: Features,
+    header_out: dict[str, int] | None = None,
+) -> FlushRequest | IpiRequest:
+    """Validate and decode a hypercall from a partition offering ``features``, in KVM's order:
+    access (ACCESS_DENIED), reserved control bits (3), XMM input not offered (#UD), unknown
+    code (2), then :func:`decode_request`.
+
+    Raises:
+        HvError: the call fails with that status.
+        GuestFault: #UD, for a fast XMM-capable call when XMM input is not offered.
+    """
+    code = rcx & 0xFFFF
+    shape = SHAPES.get(code)
+    if shape is not None:
+        missing = required_features(shape.code) & ~features
+        if missing:
+            raise HvError(HvStatus.ACCESS_DENIED, f"{shape.code.name} needs {missing!r}")
+    if rcx & RESERVED_MASK:
+        raise HvError(_INPUT, f"reserved control bits set in {rcx:#x}")
+    if rcx & FAST_BIT and code in _XMM_CODES and Features.XMM_HYPERCALL_INPUT not in features:
+        raise GuestFault(UD, "XMM fast hypercall input is not offered")
+    if shape is None:
+        raise HvError(HvStatus.INVALID_HYPERCALL_CODE, f"unknown call code {code:#x}")
+    return decode_request(shape, rcx, rdx, r8, xmm, memory_view, header_out)
 
 
 def _entries(block: memoryview | bytes, offset: int, count: int) -> tuple[int, ...]:

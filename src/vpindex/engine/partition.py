@@ -10,17 +10,14 @@ from collections.abc import Mapping
 from typing import Final
 
 from vpindex.abi import (
-    FAST_BIT,
-    RESERVED_MASK,
     XMM_CAPABLE_CALLS,
     Features,
     HvError,
     HvStatus,
     cpuid_leaves,
     hypercall_result,
-    required_features,
 )
-from vpindex.engine.calls import SHAPES, XMM_INPUT_BYTES, FlushRequest, decode_request
+from vpindex.engine.calls import XMM_INPUT_BYTES, FlushRequest, decode_hypercall
 from vpindex.engine.events import HypercallEvent
 from vpindex.engine.faults import GP, UD, GuestFault
 from vpindex.engine.memory import GuestMemory
@@ -314,24 +311,8 @@ class Partition:
     ) -> tuple[int, tuple[int, ...]]:
         if not self.hypercalls_enabled:
             raise GuestFault(UD, "hypercalls are not enabled (GUEST_OS_ID / HYPERCALL MSR)")
-        code = rcx & 0xFFFF
-        shape = SHAPES.get(code)
         try:
-            if shape is not None:
-                missing = required_features(shape.code) & ~self._features
-                if missing:
-                    raise HvError(HvStatus.ACCESS_DENIED, f"{missing!r} not granted")
-            if rcx & RESERVED_MASK:
-                raise HvError(HvStatus.INVALID_HYPERCALL_INPUT, f"reserved bits in {rcx:#x}")
-            if (
-                rcx & FAST_BIT
-                and code in _XMM_CODES
-                and Features.XMM_HYPERCALL_INPUT not in self._features
-            ):
-                raise GuestFault(UD, "XMM fast hypercall input is not offered")
-            if shape is None:
-                raise HvError(HvStatus.INVALID_HYPERCALL_CODE, f"unknown call code {code:#x}")
-            request = decode_request(shape, rcx, rdx, r8, xmm, self.memory.view, header)
+            request = decode_hypercall(rcx, rdx, r8, xmm, self.memory.view, self._features, header)
         except HvError as err:
             return hypercall_result(err.status), ()
         if request.vp_set is None:
