@@ -19,11 +19,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vpindex.abi import MAX_VP_INDEX, GvaRange, HvCallCode, HvStatus
+from vpindex.abi import MAX_VP_INDEX, FlushFlags, GvaRange, HvCallCode, HvStatus, VpSet
 from vpindex.backends.report import CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, Scenario, flush_scenarios, ipi_scenarios
 from vpindex.engine import HV_X64_MSR_VP_INDEX, GuestFault, Partition
-from vpindex.guest import EncodedCall, flush_tlb, send_ipi
+from vpindex.guest import EncodedCall, encode_call, flush_tlb, send_ipi
 
 __all__ = ["MAPPINGS", "WORKLOADS", "SimOptions", "make_vp_indexes", "run_sim"]
 
@@ -147,6 +147,52 @@ def _random_targets(rng: random.Random, vps: list[int]) -> list[int]:
     return rng.sample(vps, min(size, n))
 
 
+def _any_encoding(
+    rng: random.Random, kind: str, targets: list[int], gvas: tuple[GvaRange, ...] | None
+) -> EncodedCall:
+    """A randomly chosen valid encoding for the call (not necessarily the one Linux picks), so
+    that every run exercises every form the targets allow."""
+    vp_set = VpSet.of(targets)
+    non_ex_ok = vp_set.mask >> 64 == 0
+    while True:
+        ex = not non_ex_ok or rng.random() < 0.5
+        mode = rng.choice(("slow", "xmm", "fast") if not ex and kind == "ipi" else ("slow", "xmm"))
+        if kind == "ipi":
+            code = (
+                HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX
+                if ex
+                else HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI
+            )
+            if mode == "xmm" and not ex:
+                mode = "fast"
+            try:
+                return encode_call(code, vp_set, mode=mode, vector=_IPI_VECTOR)
+            except ValueError:
+                continue  # does not fit the registers: draw again
+        if gvas is None:
+            code = (
+                HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX
+                if ex
+                else HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE
+            )
+        else:
+            code = (
+                HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST_EX
+                if ex
+                else HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST
+            )
+        try:
+            return encode_call(
+                code,
+                vp_set,
+                mode=mode,
+                flags=FlushFlags.ALL_VIRTUAL_ADDRESS_SPACES,
+                gva_ranges=gvas or (),
+            )
+        except ValueError:
+            continue
+
+
 def run_sim(opts: SimOptions) -> RunReport:
     """Run the embedded partition and verify every effect; see the module docstring."""
     if opts.workload not in WORKLOADS:
@@ -167,6 +213,7 @@ def run_sim(opts: SimOptions) -> RunReport:
     expected_flushes = [len(p.vcpu(v).flushes) for v in range(n)]
     per_encoding: dict[str, list[int]] = {}
     latencies: list[float] = []
+    targets_hit = 0
     statuses: Counter[str] = Counter()
     by_code: Counter[str] = Counter()
     t_start = time.perf_counter()
@@ -180,22 +227,25 @@ def run_sim(opts: SimOptions) -> RunReport:
             holder[vp_of[a]], holder[vp_of[b]] = a, b
         targets = _random_targets(rng, vps)
         kind = opts.workload if opts.workload != "mixed" else rng.choice(("ipi", "flush"))
-        if kind == "ipi":
+        gvas = None
+        if rng.random() < 0.5:
+            gvas = (GvaRange(rng.randrange(1 << 20), rng.randrange(4)),)
+        call: EncodedCall | None
+        if rng.random() < 0.5:
+            call = _any_encoding(rng, kind, targets, gvas)
+        elif kind == "ipi":
             call = send_ipi(_IPI_VECTOR, targets, present=vps)
         else:
-            gvas = (
-                None
-                if rng.random() < 0.5
-                else (GvaRange(rng.randrange(1 << 20), rng.randrange(4)),)
-            )
             call = flush_tlb(targets, gvas, present=vps)
-        assert call is not None
+        if call is None:  # a guest sends nothing for an empty set; targets are never empty
+            continue
         t0 = time.perf_counter_ns()
         rax = _issue(p, caller, call)
         latencies.append((time.perf_counter_ns() - t0) / 1000)
         statuses[HvStatus.describe(rax & 0xFFFF)] += 1
         by_code[HvCallCode(call.control & 0xFFFF).name] += 1
         want = tuple(sorted(holder[vp] for vp in targets))
+        targets_hit += len(want)
         got = p.events[-1].targets if p.log_events else want
         ok = rax & 0xFFFF == 0 and got == want
         for v in want:
@@ -225,6 +275,8 @@ def run_sim(opts: SimOptions) -> RunReport:
         "workload": opts.workload,
         "calls_per_s": round(opts.calls / elapsed, 1) if elapsed > 0 else 0.0,
         "by_code": dict(by_code),
+        "by_encoding": {name: count for name, (count, _) in sorted(per_encoding.items())},
+        "targets_hit": targets_hit,
         "statuses": dict(statuses),
     }
     if opts.trace_out is not None:

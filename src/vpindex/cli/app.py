@@ -9,6 +9,7 @@ app = typer.Typer(
     help="Hyper-V VP-index translation and the PV TLB-flush / PV IPI hypercalls.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 
 
