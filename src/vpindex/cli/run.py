@@ -122,6 +122,41 @@ def run(
     if vps is not None and vcpus is not None and len(vps) != vcpus:
         raise typer.BadParameter(f"--vp-indexes names {len(vps)} VP indexes for {vcpus} vCPUs")
     console = Console(stderr=as_json)
+    try:
+        report = _dispatch(
+            backend, vcpus, mapping, vps, workload, calls, strategy, scenario, iterations,
+            guest, entry, memory, timeout, seed, trace_out, as_json, console,
+        )  # fmt: skip
+    except ValueError as err:  # host-side misuse: a clear message, no traceback
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        render_report(console, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _dispatch(
+    backend: str,
+    vcpus: int | None,
+    mapping: str,
+    vps: list[int] | None,
+    workload: str,
+    calls: int,
+    strategy: str,
+    scenario: str,
+    iterations: int,
+    guest: Path | None,
+    entry: str,
+    memory: int,
+    timeout: float,
+    seed: int,
+    trace_out: Path | None,
+    as_json: bool,
+    console: Console,
+) -> RunReport:
     if backend == "auto":
         backend = "kvm" if _kvm_reason() is None else "sim"
     if backend == "kvm":
@@ -129,7 +164,7 @@ def run(
         if reason is not None:
             console.print(f"[bold red]KVM backend unusable:[/] {reason}")
             raise typer.Exit(2)
-        report = _run_kvm(
+        return _run_kvm(
             vcpus=vcpus,
             vp_indexes=vps,
             scenario=scenario,
@@ -164,9 +199,4 @@ def run(
                 report = run_sim(opts)
         if trace_out is not None and trace is not None:
             trace_out.write_text("\n".join(trace) + "\n")
-    if as_json:
-        typer.echo(json.dumps(report.to_json()))
-    else:
-        render_report(console, report)
-    if not report.ok:
-        raise typer.Exit(1)
+    return report
