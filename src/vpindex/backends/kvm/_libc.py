@@ -1,0 +1,35 @@
+"""The raw ``ioctl(2)`` through ctypes.
+
+``fcntl.ioctl`` retries on EINTR (PEP 475), which would swallow the kick that must bring a vCPU
+thread out of KVM_RUN, and it returns the buffer instead of the int result for buffer arguments
+(KVM_SIGNAL_MSI reports "delivered" in its return value). ctypes calls release the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+__all__ = ["ioctl", "ioctl_raw"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ioctl = _libc.ioctl
+_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_ioctl.restype = ctypes.c_int
+
+
+def ioctl_raw(fd: int, request: int, arg: int | None = 0) -> tuple[int, int]:
+    """Issue the ioctl once; return ``(result, errno)`` (errno 0 on success). Never retries."""
+    r = _ioctl(fd, request, arg)
+    if r < 0:
+        return r, ctypes.get_errno()
+    return r, 0
+
+
+def ioctl(fd: int, request: int, arg: int | None = 0, *, what: str = "") -> int:
+    """Issue the ioctl; raise OSError (naming ``what``) on failure, else return its result."""
+    r = _ioctl(fd, request, arg)
+    if r < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what or hex(request)}: {os.strerror(err)}")
+    return int(r)
