@@ -346,7 +346,7 @@ def test_unaligned_gpa(code, offset):
 @pytest.mark.parametrize("code", CODES)
 def test_input_beyond_memory(code):
     p = partition()
-    rcx, data = VALID[code]
+    rcx, _data = VALID[code]
     fails(p, INPUT, rcx, rdx=MEM)
     fails(p, INPUT, rcx, rdx=MEM - 8)
     fails(p, INPUT, rcx, rdx=(1 << 64) - 8)
