@@ -235,8 +235,9 @@ def decode_request(
             flags,
             rep_count,
         )
-    if vp_set is not None and not vp_set:
-        # KVM: an empty sparse set succeeds before the vector is looked at.
+    if fmt == FORMAT_SPARSE_4K and var == 0:
+        # KVM: a sparse set with no bank words succeeds before the vector is looked at. Only
+        # then: bank words that happen to be all zero still get the vector check (status 3).
         return IpiRequest(vp_set, vector)
     _check_vector(vector)
     return IpiRequest(vp_set, vector)
