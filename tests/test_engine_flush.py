@@ -1,0 +1,207 @@
+"""TLB-flush effects: GVA expansion, the 16-slot per-vCPU queue (KVM's FIFO), and the
+platform hooks that let a VMM apply the flushes before the call returns."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import pytest
+
+from vpindex.engine import (
+    FLUSH_QUEUE_SLOTS,
+    MAX_RECORDED_PAGES,
+    Flush,
+    Partition,
+    VcpuState,
+)
+
+GPA = 0x10000
+
+
+def q(*words: int) -> bytes:
+    return struct.pack(f"<{len(words)}Q", *words)
+
+
+def list_call(p: Partition, mask: int, entries: Sequence[int], space: int = 0, vcpu: int = 0):
+    p.memory.write(GPA, q(space, 0, mask, *entries))
+    return p.hypercall(vcpu, len(entries) << 32 | 0x0003, GPA)
+
+
+def space_call(p: Partition, mask: int, space: int = 0, vcpu: int = 0):
+    p.memory.write(GPA, q(space, 0, mask))
+    return p.hypercall(vcpu, 0x0002, GPA)
+
+
+def test_constants():
+    assert FLUSH_QUEUE_SLOTS == 16
+    assert MAX_RECORDED_PAGES == 4096
+
+
+# -- GVA expansion in the synchronous partition ---------------------------------------------
+
+
+def test_additional_pages_expanded():
+    p = Partition(2)
+    p.enable_hypercalls()
+    assert list_call(p, 0x2, [0x5002, 0x9000, 0x20_0001]) == 3 << 32
+    assert p.vcpu(1).flushes == [
+        Flush(False, (0x5000, 0x6000, 0x7000, 0x9000, 0x20_0000, 0x20_1000), 0)
+    ]
+    assert p.vcpu(0).flushes == []
+
+
+def test_entry_0xfff_flushes_4096_pages():
+    p = Partition(1)
+    p.enable_hypercalls()
+    list_call(p, 0x1, [0x4000_0FFF])
+    (flush,) = p.vcpu(0).flushes
+    assert not flush.full
+    assert flush.gvas == tuple(0x4000_0000 + 0x1000 * i for i in range(4096))
+
+
+def test_more_than_4096_pages_become_a_full_flush():
+    p = Partition(1)
+    p.enable_hypercalls()
+    list_call(p, 0x1, [0x4000_0FFF, 0x9000])
+    assert p.vcpu(0).flushes == [Flush(True, (), 0)]
+
+
+def test_non_canonical_entries_skipped():
+    p = Partition(1)
+    p.enable_hypercalls()
+    list_call(p, 0x1, [0x0000_8000_0000_0000, 0xFFFF_8000_0000_0000, 0x1000, 0x1234_0000_0000_0000])
+    assert p.vcpu(0).flushes == [Flush(False, (0xFFFF_8000_0000_0000, 0x1000), 0)]
+
+
+def test_address_space_recorded():
+    p = Partition(2)
+    p.enable_hypercalls()
+    space_call(p, 0x3, space=0x1234_5000)
+    list_call(p, 0x2, [0x7000], space=0xABC_D000)
+    assert p.vcpu(0).flushes == [Flush(True, (), 0x1234_5000)]
+    assert p.vcpu(1).flushes == [Flush(True, (), 0x1234_5000), Flush(False, (0x7000,), 0xABC_D000)]
+
+
+def test_list_ex_gva_list_follows_the_banks():
+    p = Partition(3)
+    p.enable_hypercalls()
+    # banks {0x4, 0x2}: VP 2 and VP 65 (absent); then two GVA entries
+    p.memory.write(GPA, q(0, 0x2, 0, 0x3, 0x4, 0x2, 0x3000, 0x8001))
+    assert p.hypercall(0, 2 << 32 | 2 << 17 | 0x14, GPA) == 2 << 32
+    assert p.vcpu(2).flushes == [Flush(False, (0x3000, 0x8000, 0x9000), 0)]
+
+
+# -- the per-vCPU queue ---------------------------------------------------------------------
+
+
+class DeferringPlatform:
+    """A VMM whose vCPUs are 'running': flushes stay queued until the test drains them."""
+
+    def __init__(self) -> None:
+        self.flush_calls: list[tuple[int, tuple[int, ...]]] = []
+        self.ipi_calls: list[tuple[int, tuple[int, ...]]] = []
+        self.pages: list[tuple[int, int]] = []
+
+    def deliver_ipi(self, vector: int, targets: Sequence[int]) -> None:
+        self.ipi_calls.append((vector, tuple(targets)))
+
+    def flush_tlbs(self, caller: int, targets: Sequence[int]) -> None:
+        self.flush_calls.append((caller, tuple(targets)))
+
+    def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
+        self.pages.append((vcpu, gpa))
+
+
+def deferred(n: int = 3) -> tuple[Partition, DeferringPlatform]:
+    plat = DeferringPlatform()
+    p = Partition(n, platform=plat)
+    p.enable_hypercalls(page_gpa=0x2000)
+    return p, plat
+
+
+def test_platform_hooks_called_with_targets():
+    p, plat = deferred()
+    assert plat.pages == [(0, 0x2000)]
+    assert p.memory.read(0x2000, 4) == bytes(4)  # writing the stub is the platform's job
+    p.memory.write(GPA, struct.pack("<IIQ", 0x31, 0, 0x6))
+    assert p.hypercall(1, 0x0B, GPA) == 0
+    assert plat.ipi_calls == [(0x31, (1, 2))]
+    assert p.vcpu(1).ipis == [0x31]  # recorded by the engine as well
+    space_call(p, 0x5, vcpu=2)
+    assert plat.flush_calls == [(2, (0, 2))]
+    assert p.vcpu(0).flush_pending and p.vcpu(2).flush_pending
+    assert not p.vcpu(1).flush_pending
+    # an IPI to nobody and a flush of nobody do not bother the platform
+    p.memory.write(GPA, struct.pack("<IIQ", 0x31, 0, 1 << 50))
+    p.hypercall(0, 0x0B, GPA)
+    p.memory.write(GPA, q(0, 0, 0, 0x1, 0))
+    p.hypercall(0, 0x2_0013, GPA)
+    assert len(plat.ipi_calls) == 1 and len(plat.flush_calls) == 1
+
+
+def test_queue_drains_entries_in_order():
+    p, _ = deferred()
+    list_call(p, 0x2, [0x1000, 0x2000])
+    list_call(p, 0x2, [0x3002])
+    v = p.vcpu(1)
+    assert v.flushes == []
+    assert v.apply_flushes() == Flush(False, (0x1000, 0x2000, 0x3000, 0x4000, 0x5000), 0)
+    assert v.flushes == [Flush(False, (0x1000, 0x2000, 0x3000, 0x4000, 0x5000), 0)]
+    assert v.apply_flushes() is None
+    assert not v.flush_pending
+
+
+def test_queue_overflow_becomes_one_full_flush():
+    p, _ = deferred()
+    list_call(p, 0x2, [0x1000 * (i + 1) for i in range(8)])
+    list_call(p, 0x2, [0x10_0000 * (i + 1) for i in range(8)])  # 8 < 8 free slots: no
+    assert p.vcpu(1).apply_flushes() == Flush(True, (), 0)
+
+
+def test_queue_fills_up_to_one_free_slot():
+    p, _ = deferred()
+    list_call(p, 0x2, [0x1000 * (i + 1) for i in range(7)])
+    list_call(p, 0x2, [0x10_0000 * (i + 1) for i in range(8)])  # 15 queued, one slot free
+    flush = p.vcpu(1).apply_flushes()
+    assert flush is not None and not flush.full
+    assert len(flush.gvas) == 15
+
+
+def test_fifteen_entries_fit_sixteen_do_not():
+    p, _ = deferred()
+    list_call(p, 0x2, [0x1000 * (i + 1) for i in range(15)])
+    flush = p.vcpu(1).apply_flushes()
+    assert flush is not None and len(flush.gvas) == 15
+    list_call(p, 0x2, [0x1000 * (i + 1) for i in range(16)])
+    assert p.vcpu(1).apply_flushes() == Flush(True, (), 0)
+
+
+def test_full_flush_absorbs_queued_entries_and_later_ones():
+    p, _ = deferred()
+    list_call(p, 0x2, [0x1000])
+    space_call(p, 0x2, space=0x5000)
+    list_call(p, 0x2, [0x2000], space=0x6000)
+    assert p.vcpu(1).apply_flushes() == Flush(True, (), 0x6000)
+    assert p.vcpu(1).flushes == [Flush(True, (), 0x6000)]
+
+
+def test_vcpu_state_queue_directly():
+    import threading
+
+    v = VcpuState(0, threading.Lock())
+    assert v.apply_flushes() is None
+    v.queue_flush((), 0x1000)  # empty entries: a whole-TLB flush
+    assert v.flush_pending
+    assert v.apply_flushes() == Flush(True, (), 0x1000)
+    v.queue_flush(tuple(range(0x1000, 0x10000, 0x1000)), 0)  # 15 entries
+    assert v.apply_flushes() == Flush(False, tuple(range(0x1000, 0x10000, 0x1000)), 0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_synchronous_flush_recorded_on_every_target_before_return(n):
+    p = Partition(n)
+    p.enable_hypercalls()
+    assert space_call(p, (1 << n) - 1) == 0
+    assert all(len(p.vcpu(v).flushes) == 1 for v in range(n))
+    assert not any(p.vcpu(v).flush_pending for v in range(n))
