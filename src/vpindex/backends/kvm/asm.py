@@ -103,7 +103,7 @@ def _mem_operand(m: Mem) -> MemoryOperand:
         return MemoryOperand(R.RIP, R.NONE, 1, _placeholder(m.label.index), 8)
     base = m.base.value if m.base else R.NONE
     index = m.index.value if m.index else R.NONE
-    size = 4 if (m.disp or (base == R.NONE)) else 0
+    size = 4 if base == R.NONE else (1 if m.disp else 0)
     return MemoryOperand(base, index, m.scale, m.disp, size)
 
 
@@ -156,6 +156,10 @@ def _build(code: int, ops: tuple[Operand, ...]) -> Instruction:  # noqa: PLR0911
         if _I32_MIN <= vals[1] <= _I32_MAX:
             return I.create_mem_i32(code, vals[0], vals[1])
         return I.create_mem_u32(code, vals[0], vals[1])
+    if kinds == "rri":
+        return I.create_reg_reg_i32(code, vals[0], vals[1], vals[2])
+    if kinds == "rmi":
+        return I.create_reg_mem_i32(code, vals[0], vals[1], vals[2])
     if kinds == "ir":
         return I.create_u32_reg(code, vals[0], vals[1])
     raise ValueError(f"unsupported operand kinds {kinds!r} for code {code}")
@@ -227,6 +231,7 @@ RAX, RBX, RCX, RDX = Reg(R.RAX), Reg(R.RBX), Reg(R.RCX), Reg(R.RDX)
 RSI, RDI, RSP, RBP = Reg(R.RSI), Reg(R.RDI), Reg(R.RSP), Reg(R.RBP)
 R8, R9, R10, R11 = Reg(R.R8), Reg(R.R9), Reg(R.R10), Reg(R.R11)
 R12, R13, R14, R15 = Reg(R.R12), Reg(R.R13), Reg(R.R14), Reg(R.R15)
-EAX, ECX, EDX, AL, CL = Reg(R.EAX), Reg(R.ECX), Reg(R.EDX), Reg(R.AL), Reg(R.CL)
+EAX, EBX, ECX, EDX = Reg(R.EAX), Reg(R.EBX), Reg(R.ECX), Reg(R.EDX)
+AL, CL = Reg(R.AL), Reg(R.CL)
 CR3 = Reg(R.CR3)
 XMM = tuple(Reg(getattr(R, f"XMM{i}")) for i in range(6))

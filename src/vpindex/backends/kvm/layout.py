@@ -36,6 +36,8 @@ __all__ = [
     "MAX_VCPUS",
     "PT_WINDOW",
     "RFLAGS_RESERVED",
+    "TSS_BASE",
+    "TSS_STRIDE",
     "WINDOW_VA",
     "long_mode_sregs",
     "pte",
@@ -53,8 +55,8 @@ _PD_WINDOW: Final = 0x8000
 #: Page table of the 2 MiB window at WINDOW_VA: entry k maps WINDOW_VA + k*4 KiB.
 PT_WINDOW: Final = 0x9000
 WINDOW_VA: Final = 0x80_0000_0000
-_TSS_BASE: Final = 0x10000
-_TSS_STRIDE: Final = 128
+TSS_BASE: Final = 0x10000
+TSS_STRIDE: Final = 128
 _TSS_LIMIT: Final = 0x67
 MAX_VCPUS: Final = 1024
 GUEST_LOAD_ADDRESS: Final = 0x100000
@@ -92,7 +94,7 @@ def pte(gpa: int) -> int:
 
 def tss_address(vcpu: int) -> int:
     """GPA of vCPU ``vcpu``'s TSS (RSP0 at +4)."""
-    return _TSS_BASE + vcpu * _TSS_STRIDE
+    return TSS_BASE + vcpu * TSS_STRIDE
 
 
 def write_tables(memory: memoryview | bytearray, window_pages: Mapping[int, int] = {}) -> None:  # noqa: B006

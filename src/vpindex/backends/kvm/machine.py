@@ -246,12 +246,12 @@ class VcpuThread:
                 else (f"suberror {suberror}")
             )
         elif reason == ExitReason.SHUTDOWN:
-            detail = "triple fault"
+            detail = f"triple fault; CR2 {self.vcpu.sync_sregs().cr2:#x}"
         elif not detail:
             detail = f"exit data {self.vcpu.exit_union(24).hex()}"
         return (
             f"guest fault on vCPU {self.index}: KVM_EXIT_{name} ({detail}) at RIP {rip:#x}, "
-            f"CPL {self.vcpu.cpl()}, bytes {insn.hex(' ') or 'outside RAM'}"
+            f"RSP {self.vcpu.sync_reg('rsp'):#x}, CPL {self.vcpu.cpl()}, bytes {insn.hex(' ') or 'outside RAM'}"
         )
 
 

@@ -1,0 +1,191 @@
+"""The scenario runners behind ``vpindex run --backend kvm``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vpindex.backends.kvm.errors import KvmError
+from vpindex.backends.kvm.guests.suite import Kind, PerCpu
+from vpindex.backends.kvm.suite import (
+    CaseSpec,
+    SenderPlan,
+    SuiteMachine,
+    _flush_cases,
+    _ipi_cases,
+    bare_case,
+)
+from vpindex.backends.report import CaseResult, RunReport, percentiles
+from vpindex.backends.scenarios import SELFTEST_VP_INDEXES
+
+__all__ = ["default_vp_indexes", "run_flush", "run_ipi", "run_suite_impl", "run_vpindex"]
+
+Progress = Callable[[str], None] | None
+_SCENARIOS = ("ipi", "flush", "vpindex")
+
+
+def default_vp_indexes(vcpus: int) -> list[int]:
+    """The selftest layout (sender VP 0, VPs 2 and 65), then 100, 101, ... for extra vCPUs."""
+    base = list(SELFTEST_VP_INDEXES)
+    return (base + [100 + i for i in range(max(0, vcpus - len(base)))])[:vcpus]
+
+
+def _check_layout(vcpus: int, vp_indexes: Sequence[int]) -> dict[int, int]:
+    if len(vp_indexes) != vcpus:
+        raise ValueError(f"{len(vp_indexes)} VP indexes given for {vcpus} vCPUs")
+    if len(set(vp_indexes)) != vcpus:
+        raise ValueError(f"VP indexes must be distinct, got {list(vp_indexes)}")
+    vp_to_cpu = {vp: i for i, vp in enumerate(vp_indexes)}
+    missing = [vp for vp in (2, 65) if vp not in vp_to_cpu or vp_to_cpu[vp] == 0]
+    if vcpus < 3 or missing:
+        raise ValueError(
+            "the selftest scenarios need at least 3 vCPUs with VP indexes 2 and 65 on vCPUs "
+            f"other than the sender (vCPU 0); got {list(vp_indexes)}"
+        )
+    return vp_to_cpu
+
+
+def _bare_and_cases(report_cases: list[CaseResult], extra: dict[str, Any]) -> None:
+    bare = next((c for c in report_cases if c.name == "bare-exit"), None)
+    if bare is not None:
+        extra.setdefault("bare_exit_us", bare.details.get("latency_us", {}))
+
+
+def run_ipi(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str,
+            timeout: float) -> tuple[list[CaseResult], dict[str, Any]]:
+    """IPI scenario: vCPU 0 sends, every other vCPU idles in HLT and counts vector 0xfe."""
+    vp_to_cpu = _check_layout(vcpus, vp_indexes)
+    everyone = frozenset(range(vcpus))
+    cases = [bare_case(), *_ipi_cases(vp_to_cpu, everyone)]
+    plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
+    roles = ["sender"] + ["idle"] * (vcpus - 1)
+    sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
+                      strategy=strategy)
+    try:
+        sm.run(timeout)
+        results = [_prefixed("ipi/", c) for c in sm.case_results(plan)]
+        # Cross-check the guest's counts against the engine's record of deliveries.
+        engine_ipis = {i: len(sm.machine.partition.vcpu(i).ipis) for i in range(vcpus)}
+        expected = {i: iterations * sum(1 for c in cases if i in c.targets) for i in range(vcpus)}
+        results.append(CaseResult(
+            "ipi/engine-record", engine_ipis == expected,
+            {"delivered": engine_ipis, "expected": expected},
+        ))  # fmt: skip
+        extra = _machine_figures(sm)
+        return results, extra
+    finally:
+        sm.close()
+
+
+def run_flush(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str,
+              timeout: float, control: bool = True) -> tuple[list[CaseResult], dict[str, Any]]:
+    """Flush scenario: vCPU 0 swaps the test PTE and flushes; all others read at CPL3."""
+    vp_to_cpu = _check_layout(vcpus, vp_indexes)
+    workers = frozenset(range(1, vcpus))
+    cases = [bare_case(), *_flush_cases(vp_to_cpu, workers)]
+    if control:
+        cases.append(CaseSpec("control-no-flush", Kind.CONTROL, targets=workers))
+    plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
+    roles = ["sender"] + ["worker"] * (vcpus - 1)
+    sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
+                      strategy=strategy)
+    try:
+        sm.run(timeout)
+        results = [_prefixed("flush/", c) for c in sm.case_results(plan)]
+        return results, _machine_figures(sm)
+    finally:
+        sm.close()
+
+
+def run_vpindex(vcpus: int, vp_indexes: Sequence[int], strategy: str,
+                timeout: float) -> tuple[list[CaseResult], dict[str, Any]]:
+    """VP_INDEX scenario: every vCPU reads its VP index by RDMSR and its write must #GP; vCPU 0
+    also calls the hypercall page from CPL3, which must #UD."""
+    cpl3 = CaseSpec("hypercall-from-cpl3-ud", Kind.CPL3_CALL, expect_rax=0)
+    plan = SenderPlan(0, [bare_case(), cpl3], [0], 1)
+    roles = ["sender"] + ["exit"] * (vcpus - 1)
+    sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
+                      strategy=strategy)
+    try:
+        sm.run(timeout)
+        results = [_prefixed("vpindex/", c) for c in sm.case_results(plan)[1:]]
+        for i, vp in enumerate(vp_indexes):
+            read = sm.percpu(i, PerCpu.VP_READ)
+            after = sm.percpu(i, PerCpu.VP_AFTER)
+            gp = sm.percpu(i, PerCpu.GP_COUNT)
+            ok = read == vp and after == vp and gp == 1
+            results.append(CaseResult(
+                f"vpindex/rdmsr-and-write-gp/vcpu{i}", ok,
+                {"vp_index": vp, "rdmsr": read, "rdmsr_after_write": after, "gp_faults": gp},
+            ))  # fmt: skip
+        return results, _machine_figures(sm)
+    finally:
+        sm.close()
+
+
+def _prefixed(prefix: str, c: CaseResult) -> CaseResult:
+    name = c.name if c.name.startswith(prefix) else prefix + c.name
+    return CaseResult(name, c.passed, c.details)
+
+
+def _machine_figures(sm: SuiteMachine) -> dict[str, Any]:
+    m = sm.machine
+    return {
+        "setup_s": round(m.setup_s, 4),
+        "run_s": round(m.run_s, 4),
+        "tsc_khz": m.tsc_khz,
+        "exits": sum(t.exits for t in m.threads),
+    }
+
+
+def run_suite_impl(*, vcpus: int, vp_indexes: list[int] | None, scenario: str, iterations: int,
+                   strategy: str, timeout: float, progress: Progress) -> RunReport:
+    """See :func:`vpindex.backends.kvm.run_suite`."""
+    if scenario not in (*_SCENARIOS, "all"):
+        raise ValueError(f"scenario must be one of ipi, flush, vpindex, all; got {scenario!r}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    vps = list(vp_indexes) if vp_indexes is not None else default_vp_indexes(vcpus)
+    report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
+    chosen = _SCENARIOS if scenario == "all" else (scenario,)
+    deadline = time.perf_counter() + timeout
+    hypercall_us: list[float] = []
+    for name in chosen:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise KvmError(f"suite did not finish within {timeout} s (before scenario {name})")
+        if progress:
+            progress(f"kvm: {name} scenario on {vcpus} vCPUs, {iterations} iterations")
+        if name == "ipi":
+            cases, figures = run_ipi(vcpus, vps, iterations, strategy, left)
+        elif name == "flush":
+            cases, figures = run_flush(vcpus, vps, iterations, strategy, left)
+        else:
+            cases, figures = run_vpindex(vcpus, vps, strategy, left)
+        report.cases.extend(cases)
+        report.extra.setdefault("scenarios", {})[name] = figures
+        for c in cases:
+            lat = c.details.get("latency_us")
+            if lat and "bare-exit" in c.name:
+                report.extra.setdefault("bare_exit_us", {})[name] = lat
+            elif lat and "control" not in c.name and "cpl3" not in c.name:
+                report.calls += int(c.details.get("iterations", 0))
+                hypercall_us.append(lat["p50"])
+    report.latency_us = _merge(report.cases)
+    return report
+
+
+def _merge(cases: list[CaseResult]) -> dict[str, float]:
+    """Median-of-case figures: p50 over the per-case medians, max of per-case p99."""
+    meds = [c.details["latency_us"]["p50"] for c in cases
+            if "latency_us" in c.details and c.details["latency_us"]
+            and "bare-exit" not in c.name and "control" not in c.name and "cpl3" not in c.name]
+    p99 = [c.details["latency_us"]["p99"] for c in cases
+           if "latency_us" in c.details and c.details["latency_us"]
+           and "bare-exit" not in c.name and "control" not in c.name and "cpl3" not in c.name]
+    if not meds:
+        return {}
+    out = percentiles(meds)
+    return {"case_p50_min": out["min"], "case_p50_median": out["p50"],
+            "case_p50_max": out["max"], "worst_p99": max(p99)}

@@ -1,0 +1,275 @@
+"""The selftest-equivalent suite on a real VM: IPI, TLB flush and VP_INDEX scenarios.
+
+Each scenario boots its own :class:`Machine` with the suite image
+(:mod:`.guests.suite`), writes the sender's case table, runs until the sender ends, then reads
+what the guest recorded (RAX per call, interrupt counts, stale and checked reads, RDTSC cycles
+per call) and cross-checks it against the engine's own record of delivered IPIs and flushes.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from vpindex.abi import HvStatus, hypercall_result
+from vpindex.backends.kvm import layout
+from vpindex.backends.kvm.errors import KvmError
+from vpindex.backends.kvm.guests.suite import (
+    IPI_VECTOR,
+    Case,
+    Config,
+    Kind,
+    Map,
+    PerCpu,
+    Result,
+    build_program,
+)
+from vpindex.backends.kvm.machine import Machine
+from vpindex.backends.report import CaseResult, percentiles
+from vpindex.backends.scenarios import flush_scenarios, ipi_scenarios
+from vpindex.guest import EncodedCall
+
+__all__ = ["CaseSpec", "SenderPlan", "SuiteMachine", "idt_image"]
+
+_UD_VECTOR, _GP_VECTOR = 6, 13
+_IDT_ENTRY = struct.Struct("<HHBBHIxxxx")
+_GATE_KERNEL = 0x8E
+_IDT_LIMIT = 256 * 16 - 1
+_REP_SHIFT, _REP_MASK = 32, 0xFFF
+_MAX_INPUT = Case.SIZE - Case.INPUT
+_XMM_BYTES = 96
+_FILL_A, _FILL_B = 0x01, 0x02
+_PAGE = 4096
+#: Bound on every guest-side wait, as a fraction of a second of TSC cycles.
+_SPIN_SECONDS: Final = 0.25
+_MIN_READS: Final = 16
+
+
+@dataclass
+class CaseSpec:
+    """One row of a sender's case table: a hypercall (or a special kind) and its effects."""
+
+    name: str
+    kind: int
+    call: EncodedCall | None = None
+    #: vCPU indexes the call must reach (IPI: +1 interrupt; flush: worker must read fresh)
+    targets: frozenset[int] = frozenset()
+    expect_rax: int = 0
+
+
+@dataclass
+class SenderPlan:
+    """A sender vCPU, its cases and the vCPUs whose counters it watches."""
+
+    vcpu: int
+    cases: list[CaseSpec]
+    watch: list[int]
+    iterations: int
+    config_addr: int = 0
+    addrs: dict[str, int] = field(default_factory=dict)
+
+
+def idt_image(labels: dict[str, int]) -> bytes:
+    """The guest's IDT: #UD (also the CPL3 -> CPL0 gate), #GP and the IPI vector."""
+    gates = {
+        _UD_VECTOR: ("isr_ud", _GATE_KERNEL),
+        _GP_VECTOR: ("isr_gp", _GATE_KERNEL),
+        IPI_VECTOR: ("isr_ipi", _GATE_KERNEL),
+    }
+    idt = bytearray(256 * 16)
+    for vector, (name, attr) in gates.items():
+        off = labels[name]
+        _IDT_ENTRY.pack_into(
+            idt, vector * 16, off & 0xFFFF, layout.CODE0_SELECTOR, 0, attr,
+            (off >> 16) & 0xFFFF, off >> 32,
+        )  # fmt: skip
+    return bytes(idt)
+
+
+def expected_rax(call: EncodedCall) -> int:
+    """What a successful call returns: status 0 and, for rep calls, every rep completed."""
+    return hypercall_result(HvStatus.SUCCESS, (call.control >> _REP_SHIFT) & _REP_MASK)
+
+
+class _Tables:
+    """Bump allocator over the guest's table area."""
+
+    def __init__(self) -> None:
+        self.next = Map.TABLES
+
+    def take(self, size: int, align: int = 64) -> int:
+        addr = (self.next + align - 1) // align * align
+        if addr + size > Map.TABLES_END:
+            raise KvmError("suite tables do not fit guest memory: use fewer iterations or cases")
+        self.next = addr + size
+        return addr
+
+
+class SuiteMachine:
+    """A Machine running the suite image with given roles and sender plans."""
+
+    def __init__(
+        self,
+        *,
+        vcpus: int,
+        vp_indexes: Sequence[int],
+        roles: Sequence[str],
+        plans: Sequence[SenderPlan],
+        strategy: str = "adaptive",
+    ) -> None:
+        self.program = build_program()
+        self.machine = Machine(
+            vcpus=vcpus, memory_size=Map.MEMORY, strategy=strategy,
+            vp_indexes=dict(enumerate(vp_indexes)), window_pages={0: Map.PAGE_A},
+        )  # fmt: skip
+        self.vp_indexes = list(vp_indexes)
+        self.plans = list(plans)
+        m, labels = self.machine, self.program.labels
+        mem = m.vm.memory
+        m.load(layout.GUEST_LOAD_ADDRESS, self.program.code)
+        m.load(Map.IDT, idt_image(labels))
+        m.load(Map.IDTR, struct.pack("<HQ", _IDT_LIMIT, Map.IDT))
+        m.load(Map.HYPERCALL_PTR, struct.pack("<Q", Map.HYPERCALL_PAGE))
+        mem[Map.PAGE_A : Map.PAGE_A + _PAGE] = bytes([_FILL_A]) * _PAGE
+        mem[Map.PAGE_B : Map.PAGE_B + _PAGE] = bytes([_FILL_B]) * _PAGE
+        tables = _Tables()
+        for i, plan in enumerate(self.plans):
+            plan.config_addr = Map.CONFIGS + i * Config.SIZE
+            self._write_plan(plan, tables)
+        for i in range(vcpus):
+            top = Map.STACKS + i * Map.STACK_STRIDE + Map.STACK_STRIDE // 2
+            m.set_entry(i, labels["entry"], rsp=top, rsi=labels[f"role_{roles[i]}"])
+
+    def _write_plan(self, plan: SenderPlan, tables: _Tables) -> None:
+        mem = self.machine.vm.memory
+        n, nw = len(plan.cases), len(plan.watch)
+        a = plan.addrs
+        a["cases"] = tables.take(n * Case.SIZE, Case.SIZE)
+        a["deltas"] = tables.take(max(1, n * nw))
+        a["watch_vp"] = tables.take(8 * nw)
+        a["watch_cpu"] = tables.take(8 * nw)
+        a["expected"] = tables.take(8 * nw)
+        a["scratch"] = tables.take(8 * nw)
+        a["results"] = tables.take(n * Result.SIZE)
+        a["samples"] = tables.take(4 * n * plan.iterations)
+        for j, cpu in enumerate(plan.watch):
+            struct.pack_into("<Q", mem, a["watch_vp"] + 8 * j, self.vp_indexes[cpu])
+            struct.pack_into("<Q", mem, a["watch_cpu"] + 8 * j, cpu)
+        for k, case in enumerate(plan.cases):
+            rec = a["cases"] + k * Case.SIZE
+            rcx = rdx = r8 = 0
+            xmm = b""
+            if case.call is not None:
+                call = case.call
+                if call.input is not None:
+                    if len(call.input) > _MAX_INPUT:
+                        raise KvmError(f"{case.name}: input block larger than {_MAX_INPUT} bytes")
+                    mem[rec + Case.INPUT : rec + Case.INPUT + len(call.input)] = call.input
+                rcx, rdx, r8, xmm_in = call.registers(rec + Case.INPUT)
+                xmm = xmm_in or b""
+            struct.pack_into("<QQQQQ", mem, rec, rcx, rdx, r8, case.expect_rax, case.kind)
+            mem[rec + Case.XMM : rec + Case.XMM + _XMM_BYTES] = xmm.ljust(_XMM_BYTES, b"\0")
+            for j, cpu in enumerate(plan.watch):
+                mem[a["deltas"] + k * nw + j] = 1 if cpu in case.targets else 0
+        cfg = plan.config_addr
+        khz = self.machine.tsc_khz or 1_000_000
+        fields = {
+            Config.NCASES: n, Config.ITERATIONS: plan.iterations, Config.NWATCH: nw,
+            Config.SPIN_CYCLES: int(khz * 1000 * _SPIN_SECONDS), Config.MIN_READS: _MIN_READS,
+            Config.CASES: a["cases"], Config.DELTAS: a["deltas"], Config.WATCH_VP: a["watch_vp"],
+            Config.RESULTS: a["results"], Config.SAMPLES: a["samples"],
+            Config.EXPECTED: a["expected"], Config.SCRATCH: a["scratch"],
+            Config.PTE_ADDR: Map.PTE, Config.PTE_XOR: Map.PAGE_A ^ Map.PAGE_B,
+            Config.CUR_BYTE: _FILL_A, Config.WATCH_CPU: a["watch_cpu"],
+        }  # fmt: skip
+        for off, value in fields.items():
+            struct.pack_into("<Q", mem, cfg + off, value)
+        struct.pack_into(
+            "<Q", mem, Map.PERCPU + plan.vcpu * Map.PERCPU_SIZE + PerCpu.CONFIG, cfg
+        )
+
+    def run(self, timeout: float) -> None:
+        """Run until every sender has ended (the others are stopped then)."""
+        self.machine.run(timeout=timeout, wait_for=[p.vcpu for p in self.plans])
+
+    def percpu(self, vcpu: int, field_offset: int) -> int:
+        """A u64 from vCPU ``vcpu``'s PerCpu block."""
+        addr = Map.PERCPU + vcpu * Map.PERCPU_SIZE + field_offset
+        return int(struct.unpack_from("<Q", self.machine.vm.memory, addr)[0])
+
+    def case_results(self, plan: SenderPlan) -> list[CaseResult]:
+        """Per-case verdicts and figures from what the guest recorded."""
+        mem = self.machine.vm.memory
+        us_per_cycle = 1000.0 / (self.machine.tsc_khz or 1_000_000)
+        out = []
+        stale_before = checked_before = 0
+        samples_all = struct.unpack_from(
+            f"<{len(plan.cases) * plan.iterations}I", mem, plan.addrs["samples"]
+        )
+        for k, case in enumerate(plan.cases):
+            r = plan.addrs["results"] + k * Result.SIZE
+            bad, last_rax, mismatch, stale_sum = struct.unpack_from("<QQQQ", mem, r)
+            timeouts, checked_sum = struct.unpack_from("<QQ", mem, r + Result.TIMEOUTS)
+            stale, checked = stale_sum - stale_before, checked_sum - checked_before
+            stale_before, checked_before = stale_sum, checked_sum
+            samples = samples_all[k * plan.iterations : (k + 1) * plan.iterations]
+            details: dict[str, Any] = {
+                "iterations": plan.iterations,
+                "latency_us": percentiles([c * us_per_cycle for c in samples]),
+            }
+            passed = bad == 0 and timeouts == 0
+            if bad:
+                details["bad_status"] = bad
+                details["last_rax"] = hex(last_rax)
+            if timeouts:
+                details["wait_timeouts"] = timeouts
+            if case.kind == Kind.IPI:
+                details["count_mismatches"] = mismatch
+                passed = passed and mismatch == 0
+            if case.kind in (Kind.FLUSH, Kind.CONTROL):
+                details["stale_reads"] = stale
+                details["checked_reads"] = checked
+                if case.kind == Kind.FLUSH:
+                    passed = passed and stale == 0
+                else:
+                    details["note"] = "PTE swapped with no flush: stale reads show the test can see a missing flush"
+                    passed = bad == 0
+            out.append(CaseResult(case.name, passed, details))
+        return out
+
+    def close(self) -> None:
+        self.machine.close()
+
+
+def _ipi_cases(vp_to_cpu: dict[int, int], all_cpus: frozenset[int]) -> list[CaseSpec]:
+    cases = []
+    for sc in ipi_scenarios():
+        targets = all_cpus if sc.expect is None else frozenset(vp_to_cpu[v] for v in sc.expect)
+        cases.append(CaseSpec(sc.name, Kind.IPI, sc.call, targets, expected_rax(sc.call)))
+    return cases
+
+
+def _flush_cases(vp_to_cpu: dict[int, int], workers: frozenset[int]) -> list[CaseSpec]:
+    cases = []
+    for sc in flush_scenarios(Map.TEST_VA):
+        targets = workers if sc.expect is None else frozenset(vp_to_cpu[v] for v in sc.expect)
+        cases.append(CaseSpec(sc.name, Kind.FLUSH, sc.call, targets & workers, expected_rax(sc.call)))
+    return cases
+
+
+def bare_case() -> CaseSpec:
+    """The bare exit round trip: CPL3 -> ud2 gate -> OUT to the no-op port -> iretq."""
+    return CaseSpec("bare-exit", Kind.BARE, expect_rax=Kind.BARE)
+
+
+def _timed(progress: Callable[[str], None] | None, msg: str) -> float:
+    if progress:
+        progress(msg)
+    return time.perf_counter()
+
+
+__all__ += ["bare_case", "expected_rax"]
+_ = (_ipi_cases, _flush_cases, _timed)
