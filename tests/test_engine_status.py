@@ -409,6 +409,17 @@ def test_empty_sparse_ipi_ex_succeeds_before_vector_check():
     assert effects(p) == [(0, 0)] * 3
 
 
+def test_zero_bank_words_still_get_the_vector_check():
+    """KVM skips the vector check only when var_cnt == 0; bank words that are all zero (Linux's
+    'every CPU skipped' vbm 0x1 {0}) are read and the vector is checked."""
+    p = partition()
+    fails(p, INPUT, 0x2_0015, ipi_ex(0, 0, 0x1, 0))
+    fails(p, INPUT, 0x4_0015, ipi_ex(0x3C00FE, 0, 0x3, 0, 0))
+    fails(p, INPUT, 0x3_0015, rdx=0x0F, r8=0, xmm=q(0x1, 0))
+    assert call(p, 0x2_0015, ipi_ex(0xFE, 0, 0x1, 0)) == SUCCESS
+    assert effects(p) == [(0, 0)] * 3
+
+
 def test_fast_ipi_with_rdx_high_half_set():
     p = partition()
     fails(p, INPUT, 0x1_000B, rdx=0x1_0000_00FE, r8=0x4)
