@@ -87,21 +87,28 @@ def run_target(
     cmd += [f"-artifact_prefix={artifacts}/{target}-", "-print_final_stats=1", *extra]
     cmd += [str(work)] + ([str(corpus)] if corpus.is_dir() else [])
     start = time.monotonic()
+    lines: list[str] = []
     try:
-        proc = subprocess.run(
-            cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if verbose:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+        returncode = proc.returncode
     finally:
         if out is None:
             shutil.rmtree(work, ignore_errors=True)
         if created and not any(artifacts.iterdir()):
             artifacts.rmdir()  # nothing found: leave no empty directory behind
-    result = RunResult(target, proc.returncode, seconds=time.monotonic() - start)
-    result.output = proc.stdout
-    _parse(result, proc.stdout)
-    if verbose or not result.ok:
-        sys.stdout.write(proc.stdout if verbose else "\n".join(proc.stdout.splitlines()[-60:]))
-        sys.stdout.write("\n")
+    result = RunResult(target, returncode, seconds=time.monotonic() - start)
+    result.output = "".join(lines)
+    _parse(result, result.output)
+    if not verbose and not result.ok:
+        sys.stdout.write("".join(lines[-60:]) + "\n")
     return result
 
 

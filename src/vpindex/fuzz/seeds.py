@@ -112,6 +112,12 @@ def _hypercall_seeds() -> dict[str, bytes]:
     out["reserved-bits"] = replace(base, rcx=var2 | 1 << 27)
     out["unknown-code"] = replace(base, rcx=0x0001)
     out["var-mismatch"] = replace(base, rcx=Control(space_ex, var_header_qwords=1).encode())
+    # The first finding (fixed in the engine): zero bank words do not skip the vector check.
+    zero_banks = struct.pack("<IIQQQQ", 0x3C00FE, 0, 0, 3, 0, 0)
+    out["regress-ipi-ex-zero-banks-bad-vector"] = replace(
+        base, rcx=Control(ex, var_header_qwords=2).encode(), rdx=0x2000, payload=zero_banks,
+        payload_gpa=0x2000,
+    )  # fmt: skip
     out["no-features"] = replace(out["ipi_non-ex_fast-2"], features=0)
     out["no-xmm-feature"] = replace(out["ipi_ex_xmm-65"], features=0x7B)
     out["not-enabled"] = replace(out["ipi_non-ex_fast-2"], enabled=False)
