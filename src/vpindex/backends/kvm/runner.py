@@ -108,7 +108,7 @@ def run_vpindex(vcpus: int, vp_indexes: Sequence[int], strategy: str,
     sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
                       strategy=strategy)
     try:
-        sm.run(timeout)
+        sm.run(timeout, wait_for=range(vcpus))
         results = [_prefixed("vpindex/", c) for c in sm.case_results(plan)[1:]]
         for i, vp in enumerate(vp_indexes):
             read = sm.percpu(i, PerCpu.VP_READ)

@@ -191,9 +191,11 @@ class SuiteMachine:
             "<Q", mem, Map.PERCPU + plan.vcpu * Map.PERCPU_SIZE + PerCpu.CONFIG, cfg
         )
 
-    def run(self, timeout: float) -> None:
-        """Run until every sender has ended (the others are stopped then)."""
-        self.machine.run(timeout=timeout, wait_for=[p.vcpu for p in self.plans])
+    def run(self, timeout: float, wait_for: Sequence[int] | None = None) -> None:
+        """Run until every sender (or every vCPU in ``wait_for``) has ended; the others are
+        stopped then."""
+        waiting = [p.vcpu for p in self.plans] if wait_for is None else wait_for
+        self.machine.run(timeout=timeout, wait_for=waiting)
 
     def percpu(self, vcpu: int, field_offset: int) -> int:
         """A u64 from vCPU ``vcpu``'s PerCpu block."""

@@ -155,6 +155,7 @@ class Kind:
     BARE: Final = 2  # int 0x81 -> no-op exit: the bare round trip
     CONTROL: Final = 3  # swap the PTE but issue no flush (shows staleness is observable)
     CPL3_CALL: Final = 4  # call the hypercall page from CPL3: must take #UD
+    CALL_ONLY: Final = 5  # issue the hypercall and check RAX only (flushes with no worker)
 
 
 IPI_VECTOR: Final = 0xFE
@@ -368,6 +369,17 @@ class _Sender:
         a.op(C.MOV_R64_RM64, RSI, mem(RBP, Config.RESULTS))
         a.op(C.MOV_R64_RM64, RDI, mem(RBP, Config.DELTAS))
         a.op(C.MOV_RM64_IMM32, mem(RBP, Config.CASE_INDEX), 0)
+        # Wait until every watched vCPU has finished booting (its APIC is enabled), as the
+        # selftest's sender does: an IPI to a vCPU whose APIC is still disabled is dropped.
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_CPU))
+        top, nxt, end = self.loop_watch("ready")
+        spin = a.here("ready_spin")
+        a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
+        a.op(C.CMP_RM64_IMM8, mem(RAX, Map.PERCPU + PerCpu.READY), 0)
+        a.op(C.JNE_REL32_64, nxt)
+        a.op(C.PAUSE)
+        a.op(C.JMP_REL32_64, spin)
+        self.end_loop(top, nxt, end)
         a.bind(case_loop)
         a.op(C.MOV_R64_RM64, RAX, mem(RBP, Config.CASE_INDEX))
         a.op(C.CMP_R64_RM64, RAX, mem(RBP, Config.NCASES))
