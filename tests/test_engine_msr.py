@@ -332,3 +332,17 @@ def test_partition_dimensions():
         Partition(2, memory_size=1000)
     with pytest.raises(ValueError):
         Partition(2, strategy="nope")
+
+
+def test_default_features_and_memory_access():
+    p = Partition(1)
+    assert p.features == Features.all()
+    assert p.memory.size == 1 << 20
+    p.memory.write(0xFFFF8, b"\x01" * 8)
+    assert p.memory.read(0xFFFF8, 8) == b"\x01" * 8
+    with pytest.raises(ValueError, match="0xffff9"):
+        p.memory.write(0xFFFF9, b"\x00" * 8)
+    with pytest.raises(ValueError):
+        p.memory.read(1 << 20, 1)
+    with pytest.raises(ValueError):
+        p.memory.read(-1, 1)

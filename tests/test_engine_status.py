@@ -576,6 +576,13 @@ def test_ex_all_processors_flag_targets_every_vcpu():
     assert [len(p.vcpu(v).flushes) for v in range(3)] == [2, 2, 2]
 
 
+def test_non_ex_all_processors_ignores_the_mask():
+    p = partition()
+    assert call(p, 0x2, q(0, 0x1, 0x4)) == SUCCESS
+    assert call(p, 1 << 32 | 0x3, q(0, 0x1, 0x4, 0x3000)) == 1 << 32
+    assert [len(p.vcpu(v).flushes) for v in range(3)] == [2, 2, 2]
+
+
 def test_caller_included_when_targeted():
     p = partition()
     assert call(p, 0x0B, ipi(0xFE, 0x1)) == SUCCESS
