@@ -1,0 +1,85 @@
+"""A small bring-your-own guest, built with :mod:`vpindex.backends.kvm.asm`.
+
+Every vCPU: sets its stack, prints ``<index letter>`` and the CPUID 0x40000000 vendor ("Microsoft Hv") to the
+debug console, identifies itself (GUEST_OS_ID), enables the hypercall page at 0x200000, reads
+its VP index, issues a fast HvFlushVirtualAddressSpace for ALL_PROCESSORS and ends with exit
+code 0 if RAX was HV_STATUS_SUCCESS (else 1). ``exit_code`` makes vCPU 0 end with that code
+instead, to exercise failure reporting.
+
+Rebuild the image byte for byte with ``python -m vpindex.backends.kvm.guests.hello OUT.bin``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from iced_x86 import Code as C
+
+from vpindex.backends.kvm import layout
+from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, RAX, RDI, RSP, Asm
+from vpindex.backends.kvm.machine import CONSOLE_PORT, EXIT_PORT
+
+__all__ = ["HYPERCALL_PAGE", "build"]
+
+HYPERCALL_PAGE = 0x200000
+_HYPERV_VENDOR_LEAF = 0x40000000
+_STACKS, _STACK_SIZE = 0x300000, 0x1000
+_FLUSH_SPACE_FAST = 0x10002
+_FLAGS_ALL_PROCESSORS_ALL_SPACES = 0x3
+
+
+def build(exit_code: int | None = None) -> bytes:
+    """The image (load and entry at 0x100000)."""
+    a = Asm()
+    done = a.label("done")
+    a.op(C.IMUL_R64_RM64_IMM32, RSP, RDI, _STACK_SIZE)  # own stack: 0x300000 + (i+1) * 4 KiB
+    a.op(C.ADD_RM64_IMM32, RSP, _STACKS + _STACK_SIZE)
+    a.op(C.MOV_R64_RM64, RAX, RDI)
+    a.op(C.ADD_RM64_IMM8, RAX, ord("A"))
+    a.op(C.OUT_IMM8_AL, CONSOLE_PORT, AL)
+    a.op(C.MOV_R32_IMM32, EAX, _HYPERV_VENDOR_LEAF)
+    a.op(C.XOR_R32_RM32, ECX, ECX)
+    a.op(C.CPUID)
+    for reg in (EBX, ECX, EDX):
+        a.op(C.MOV_R32_RM32, EAX, reg)
+        for _ in range(4):
+            a.op(C.OUT_IMM8_AL, CONSOLE_PORT, AL)
+            a.op(C.SHR_RM32_IMM8, EAX, 8)
+    a.op(C.MOV_R32_IMM32, ECX, 0x40000000)  # GUEST_OS_ID = Linux
+    a.op(C.XOR_R32_RM32, EAX, EAX)
+    a.op(C.MOV_R32_IMM32, EDX, 0x81000000)
+    a.op(C.WRMSR)
+    a.op(C.MOV_R32_IMM32, ECX, 0x40000001)  # HYPERCALL = page | enable
+    a.op(C.MOV_R32_IMM32, EAX, HYPERCALL_PAGE | 1)
+    a.op(C.XOR_R32_RM32, EDX, EDX)
+    a.op(C.WRMSR)
+    a.op(C.MOV_R32_IMM32, ECX, 0x40000002)  # VP_INDEX
+    a.op(C.RDMSR)
+    a.op(C.MOV_R32_IMM32, ECX, _FLUSH_SPACE_FAST)
+    a.op(C.XOR_R32_RM32, EDX, EDX)
+    a.op(C.MOV_R32_IMM32, R8D, _FLAGS_ALL_PROCESSORS_ALL_SPACES)
+    a.op(C.MOV_R32_IMM32, EAX, HYPERCALL_PAGE)
+    a.op(C.CALL_RM64, RAX)
+    a.op(C.TEST_RM64_R64, RAX, RAX)
+    a.op(C.SETNE_RM8, AL)
+    if exit_code is not None:
+        a.op(C.TEST_RM64_R64, RDI, RDI)
+        a.op(C.JNE_REL32_64, done)
+        a.op(C.MOV_R32_IMM32, EAX, exit_code)
+    a.bind(done)
+    a.op(C.OUT_IMM8_AL, EXIT_PORT, AL)
+    return a.assemble(layout.GUEST_LOAD_ADDRESS).code
+
+
+def main(argv: list[str]) -> int:
+    """Write the image to argv[0]."""
+    if len(argv) != 1:
+        print("usage: python -m vpindex.backends.kvm.guests.hello OUT.bin", file=sys.stderr)
+        return 2
+    with open(argv[0], "wb") as f:
+        f.write(build())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

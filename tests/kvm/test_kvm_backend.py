@@ -1,0 +1,148 @@
+"""The real KVM backend on /dev/kvm: raw layer, selftest-equivalent suite, BYO guests, scale.
+
+Iteration counts are small so the module finishes in a few minutes on a 2-CPU host; the CLI's
+``--iterations`` knob is for long soaks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from vpindex.backends.kvm import KvmError, run_guest, run_scale, run_suite, unusable_reason
+from vpindex.backends.kvm import structs as s
+from vpindex.backends.kvm.guests import hello
+from vpindex.backends.kvm.guests.suite import build_program
+from vpindex.backends.kvm.hyperv import hypercall_stub
+from vpindex.backends.kvm.ioctls import Ioctl
+
+pytestmark = pytest.mark.kvm
+
+
+def test_host_is_usable() -> None:
+    assert unusable_reason() is None
+
+
+def test_layouts_match_the_kernel_abi() -> None:
+    assert ctypes.sizeof(s.KvmSregs) == 312 and ctypes.sizeof(s.KvmFpu) == 416
+    assert Ioctl.GET_SREGS == 0x8138AE83 and Ioctl.RUN == 0xAE80
+
+
+def test_guests_assemble_deterministically() -> None:
+    assert build_program().code == build_program().code
+    assert hello.build() == hello.build()
+    assert hypercall_stub() == bytes((0xE6, 0xE2, 0xC3))  # out 0xe2, al; ret
+
+
+@pytest.mark.timeout(120)
+def test_vpindex_scenario_rdmsr_and_write_gp() -> None:
+    report = run_suite(scenario="vpindex", timeout=60)
+    assert report.ok, [c for c in report.cases if not c.passed]
+    per_vcpu = [c for c in report.cases if "rdmsr-and-write-gp" in c.name]
+    assert [c.details["rdmsr"] for c in per_vcpu] == [0, 2, 65]
+    assert all(c.details["gp_faults"] == 1 for c in per_vcpu)
+    assert any(c.name == "vpindex/hypercall-from-cpl3-ud" and c.passed for c in report.cases)
+
+
+@pytest.mark.timeout(180)
+def test_ipi_scenario_exact_counts() -> None:
+    report = run_suite(scenario="ipi", iterations=10, timeout=120)
+    assert report.ok, [c for c in report.cases if not c.passed]
+    names = {c.name for c in report.cases}
+    assert {"ipi/non-ex/fast->2", "ipi/ex/xmm->2,65", "ipi/ex-all/slow"} <= names
+    record = next(c for c in report.cases if c.name == "ipi/engine-record")
+    # sender gets the two ALL cases, VP 2 eight cases, VP 65 six, 10 iterations each
+    assert record.details["delivered"] == {0: 20, 1: 80, 2: 60}
+    assert all(c.details["count_mismatches"] == 0 for c in report.cases if "count_mismatches" in c.details)
+    assert report.extra["bare_exit_us"]["ipi"]["p50"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_flush_scenario_no_stale_reads() -> None:
+    report = run_suite(scenario="flush", iterations=10, timeout=180)
+    flushes = [c for c in report.cases if c.name.startswith("flush/flush-")]
+    assert len(flushes) == 20
+    for c in flushes:
+        assert c.passed, c
+        assert c.details["stale_reads"] == 0
+        assert c.details["checked_reads"] > 0
+    control = next(c for c in report.cases if c.name == "flush/control-no-flush")
+    # Without a flush the workers do see the old page: the test can observe a missing flush.
+    assert control.details["stale_reads"] > 0
+
+
+@pytest.mark.timeout(240)
+def test_run_suite_all_report_shape() -> None:
+    report = run_suite(scenario="all", iterations=3, timeout=180)
+    assert report.ok and report.backend == "kvm" and report.vcpus == 3
+    assert set(report.extra["scenarios"]) == {"ipi", "flush", "vpindex"}
+    assert report.latency_us["case_p50_median"] > 0
+    assert report.calls == 3 * 30
+
+
+def test_rejects_layout_without_selftest_vps() -> None:
+    with pytest.raises(ValueError, match="VP indexes 2 and 65"):
+        run_suite(vcpus=3, vp_indexes=[0, 1, 2], scenario="ipi", iterations=1)
+
+
+@pytest.fixture
+def hello_image(tmp_path: Path) -> Path:
+    path = tmp_path / "hello.bin"
+    path.write_bytes(hello.build())
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_byo_guest_console_exit_codes_and_hypercalls(hello_image: Path) -> None:
+    report = run_guest(str(hello_image), vcpus=4, vp_indexes=[5, 70, 130, 3], timeout=20)
+    vcpus = report.extra["vcpus"]
+    assert [v["vp_index"] for v in vcpus] == [5, 70, 130, 3]
+    assert [v["console"] for v in vcpus] == [f"{c}Microsoft Hv" for c in "ABCD"]
+    assert all(v["exit_code"] == 0 and v["hypercalls"] == 1 for v in vcpus)
+    assert report.failed == 0 and report.to_json()["vcpus"] == vcpus
+
+
+@pytest.mark.timeout(60)
+def test_byo_guest_failure_counts_vcpus(tmp_path: Path) -> None:
+    path = tmp_path / "fail.bin"
+    path.write_bytes(hello.build(exit_code=7))
+    report = run_guest(str(path), vcpus=2, timeout=20)
+    assert [v["exit_code"] for v in report.extra["vcpus"]] == [7, 0]
+    assert report.failed == 1 and not report.ok
+
+
+@pytest.mark.timeout(60)
+def test_guest_fault_names_exit_rip_and_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "ud2.bin"
+    path.write_bytes(bytes((0x0F, 0x0B)))  # ud2 with no IDT: triple fault
+    with pytest.raises(KvmError, match=r"SHUTDOWN.*RIP 0x100000.*bytes 0f 0b"):
+        run_guest(str(path), timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_guest_that_never_ends_times_out(tmp_path: Path) -> None:
+    path = tmp_path / "hlt.bin"
+    path.write_bytes(bytes((0xFA, 0xF4)))  # cli; hlt
+    with pytest.raises(KvmError, match="did not finish within 1.0 s"):
+        run_guest(str(path), vcpus=2, timeout=1.0)
+
+
+def test_missing_image_is_a_clear_error() -> None:
+    with pytest.raises(KvmError, match="cannot read guest image"):
+        run_guest("/nonexistent/guest.bin")
+
+
+@pytest.mark.timeout(240)
+def test_scale_128_vcpus_sparse_sets() -> None:
+    report = run_scale(vcpus=128, calls=3, timeout=180)
+    assert report.ok, [c for c in report.cases if not c.passed]
+    assert report.extra["vp_banks"] == 62
+    assert report.extra["startup_s"]["all_vcpus_booted"] is not None
+
+
+@pytest.mark.timeout(240)
+def test_scale_256_vcpus_boot_and_shutdown() -> None:
+    report = run_scale(vcpus=256, calls=1, timeout=180)
+    assert report.ok and report.extra["threads"] == 256
