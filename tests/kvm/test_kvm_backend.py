@@ -55,7 +55,9 @@ def test_ipi_scenario_exact_counts() -> None:
     record = next(c for c in report.cases if c.name == "ipi/engine-record")
     # sender gets the two ALL cases, VP 2 eight cases, VP 65 six, 10 iterations each
     assert record.details["delivered"] == {0: 20, 1: 80, 2: 60}
-    assert all(c.details["count_mismatches"] == 0 for c in report.cases if "count_mismatches" in c.details)
+    assert all(
+        c.details["count_mismatches"] == 0 for c in report.cases if "count_mismatches" in c.details
+    )
     assert report.extra["bare_exit_us"]["ipi"]["p50"] > 0
 
 
@@ -125,7 +127,7 @@ def test_guest_fault_names_exit_rip_and_bytes(tmp_path: Path) -> None:
 def test_guest_that_never_ends_times_out(tmp_path: Path) -> None:
     path = tmp_path / "hlt.bin"
     path.write_bytes(bytes((0xFA, 0xF4)))  # cli; hlt
-    with pytest.raises(KvmError, match="did not finish within 1.0 s"):
+    with pytest.raises(KvmError, match=r"did not finish within 1\.0 s"):
         run_guest(str(path), vcpus=2, timeout=1.0)
 
 

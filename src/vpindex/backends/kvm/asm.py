@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import iced_x86
 from iced_x86 import BlockEncoder, Decoder, Instruction, MemoryOperand
-from iced_x86 import Code as C
-from iced_x86 import Register as R
+
+C = iced_x86.Code
+R = iced_x86.Register
 
 __all__ = ["Asm", "Label", "Mem", "Program", "Reg", "mem"]
 
@@ -96,18 +98,19 @@ def _placeholder(index: int) -> int:
     return _PLACEHOLDER_BASE + index * _PLACEHOLDER_STRIDE
 
 
-def _mem_operand(m: Mem) -> MemoryOperand:
+def _mem_operand(m: Mem) -> Any:
     if m.label is not None:
         if m.label.index is None:
             raise ValueError(f"label {m.label.name!r} used before it was bound")
-        return MemoryOperand(R.RIP, R.NONE, 1, _placeholder(m.label.index), 8)
-    base = m.base.value if m.base else R.NONE
-    index = m.index.value if m.index else R.NONE
+        rip: Any = R.RIP
+        return MemoryOperand(rip, R.NONE, 1, _placeholder(m.label.index), 8)
+    base: Any = m.base.value if m.base else R.NONE
+    index: Any = m.index.value if m.index else R.NONE
     size = 4 if base == R.NONE else (1 if m.disp else 0)
     return MemoryOperand(base, index, m.scale, m.disp, size)
 
 
-def _build(code: int, ops: tuple[Operand, ...]) -> Instruction:  # noqa: PLR0911
+def _build(code: Any, ops: tuple[Operand, ...]) -> Instruction:
     kinds = "".join(
         "r"
         if isinstance(o, Reg)
@@ -118,50 +121,53 @@ def _build(code: int, ops: tuple[Operand, ...]) -> Instruction:  # noqa: PLR0911
         else "i"
         for o in ops
     )
-    I = Instruction  # noqa: N806
+    ins = Instruction
     if kinds == "":
-        return I.create(code)
+        return ins.create(code)
     if kinds == "l":
         lab = ops[0]
         assert isinstance(lab, Label)
         if lab.index is None:
             raise ValueError(f"label {lab.name!r} never bound")
-        return I.create_branch(code, _placeholder(lab.index))
+        return ins.create_branch(code, _placeholder(lab.index))
     if kinds == "rl":
         reg, lab = ops
         assert isinstance(reg, Reg) and isinstance(lab, Label)
-        return I.create_reg_mem(code, reg.value, _mem_operand(Mem(label=lab)))
-    vals = [
+        reg_value: Any = reg.value
+        return ins.create_reg_mem(code, reg_value, _mem_operand(Mem(label=lab)))
+    vals: list[Any] = [
         o.value if isinstance(o, Reg) else _mem_operand(o) if isinstance(o, Mem) else o for o in ops
     ]
     if kinds == "r":
-        return I.create_reg(code, vals[0])
+        return ins.create_reg(code, vals[0])
     if kinds == "m":
-        return I.create_mem(code, vals[0])
+        return ins.create_mem(code, vals[0])
     if kinds == "i":
-        return I.create_i32(code, vals[0]) if vals[0] <= _I32_MAX else I.create_u32(code, vals[0])
+        return (
+            ins.create_i32(code, vals[0]) if vals[0] <= _I32_MAX else ins.create_u32(code, vals[0])
+        )
     if kinds == "rr":
-        return I.create_reg_reg(code, vals[0], vals[1])
+        return ins.create_reg_reg(code, vals[0], vals[1])
     if kinds == "rm":
-        return I.create_reg_mem(code, vals[0], vals[1])
+        return ins.create_reg_mem(code, vals[0], vals[1])
     if kinds == "mr":
-        return I.create_mem_reg(code, vals[0], vals[1])
+        return ins.create_mem_reg(code, vals[0], vals[1])
     if kinds == "ri":
         if code in _IMM64_CODES:
-            return I.create_reg_u64(code, vals[0], vals[1])
+            return ins.create_reg_u64(code, vals[0], vals[1])
         if _I32_MIN <= vals[1] <= _I32_MAX:
-            return I.create_reg_i32(code, vals[0], vals[1])
-        return I.create_reg_u32(code, vals[0], vals[1])
+            return ins.create_reg_i32(code, vals[0], vals[1])
+        return ins.create_reg_u32(code, vals[0], vals[1])
     if kinds == "mi":
         if _I32_MIN <= vals[1] <= _I32_MAX:
-            return I.create_mem_i32(code, vals[0], vals[1])
-        return I.create_mem_u32(code, vals[0], vals[1])
+            return ins.create_mem_i32(code, vals[0], vals[1])
+        return ins.create_mem_u32(code, vals[0], vals[1])
     if kinds == "rri":
-        return I.create_reg_reg_i32(code, vals[0], vals[1], vals[2])
+        return ins.create_reg_reg_i32(code, vals[0], vals[1], vals[2])
     if kinds == "rmi":
-        return I.create_reg_mem_i32(code, vals[0], vals[1], vals[2])
+        return ins.create_reg_mem_i32(code, vals[0], vals[1], vals[2])
     if kinds == "ir":
-        return I.create_u32_reg(code, vals[0], vals[1])
+        return ins.create_u32_reg(code, vals[0], vals[1])
     raise ValueError(f"unsupported operand kinds {kinds!r} for code {code}")
 
 

@@ -20,8 +20,16 @@ _MIB = 1 << 20
 _MIN_MIB = 2
 
 
-def run_guest_impl(path: str, *, entry: int, memory_mib: int, vcpus: int,
-                   vp_indexes: list[int] | None, strategy: str, timeout: float) -> RunReport:
+def run_guest_impl(
+    path: str,
+    *,
+    entry: int,
+    memory_mib: int,
+    vcpus: int,
+    vp_indexes: list[int] | None,
+    strategy: str,
+    timeout: float,
+) -> RunReport:
     """See :func:`vpindex.backends.kvm.run_guest`."""
     try:
         with open(path, "rb") as f:
@@ -59,8 +67,11 @@ def run_guest_impl(path: str, *, entry: int, memory_mib: int, vcpus: int,
         report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
         report.calls = sum(v["hypercalls"] for v in per_vcpu)
         report.cases = [
-            CaseResult(f"guest/{os.path.basename(path)}/vcpu{v['index']}", v["exit_code"] == 0,
-                       {"exit_code": v["exit_code"]})
+            CaseResult(
+                f"guest/{os.path.basename(path)}/vcpu{v['index']}",
+                v["exit_code"] == 0,
+                {"exit_code": v["exit_code"]},
+            )
             for v in per_vcpu
         ]
         report.extra["vcpus"] = per_vcpu

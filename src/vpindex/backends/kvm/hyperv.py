@@ -35,8 +35,8 @@ __all__ = [
     "HYPERCALL_PORT",
     "HYPERV_CPUID_FIRST",
     "HYPERV_CPUID_LAST",
-    "KvmPlatform",
     "FlushLatch",
+    "KvmPlatform",
     "flush_own_tlb",
     "guest_cpuid",
     "hypercall_stub",
@@ -72,10 +72,10 @@ def guest_cpuid(
     """KVM's supported CPUID with its own hypervisor leaves replaced by the partition's
     Hyper-V leaves, x2APIC and "hypervisor present" advertised, and APIC IDs patched."""
     out = []
-    for e in supported:
-        if HYPERV_CPUID_FIRST <= e.function <= HYPERV_CPUID_LAST:
+    for entry in supported:
+        if HYPERV_CPUID_FIRST <= entry.function <= HYPERV_CPUID_LAST:
             continue
-        e = CpuidEntry2.from_buffer_copy(e)
+        e = CpuidEntry2.from_buffer_copy(entry)
         if e.function == _LEAF_FEATURES:
             e.ebx = (e.ebx & 0x00FFFFFF) | ((apic_id & 0xFF) << _APIC_ID_SHIFT)
             e.ecx |= _ECX_X2APIC | _ECX_HYPERVISOR

@@ -87,12 +87,12 @@ class Ioctl(IntEnum):
 
 
 # Cross-check against <linux/kvm.h> as printed by a C program on the development host.
-assert Ioctl.SET_USER_MEMORY_REGION == 0x4020AE46
-assert Ioctl.GET_REGS == 0x8090AE81 and Ioctl.SET_SREGS == 0x4138AE84
-assert Ioctl.GET_FPU == 0x81A0AE8C and Ioctl.SIGNAL_MSI == 0x4020AEA5
-assert Ioctl.X86_SET_MSR_FILTER == 0x4188AEC6 and Ioctl.SET_CPUID2 == 0x4008AE90
-assert Ioctl.GET_SUPPORTED_CPUID == 0xC008AE05 and Ioctl.ENABLE_CAP == 0x4068AEA3
-assert Ioctl.SET_VCPU_EVENTS == 0x4040AEA0 and Ioctl.SET_MP_STATE == 0x4004AE99
+assert int(Ioctl.SET_USER_MEMORY_REGION) == 0x4020AE46
+assert int(Ioctl.GET_REGS) == 0x8090AE81 and int(Ioctl.SET_SREGS) == 0x4138AE84
+assert int(Ioctl.GET_FPU) == 0x81A0AE8C and int(Ioctl.SIGNAL_MSI) == 0x4020AEA5
+assert int(Ioctl.X86_SET_MSR_FILTER) == 0x4188AEC6 and int(Ioctl.SET_CPUID2) == 0x4008AE90
+assert int(Ioctl.GET_SUPPORTED_CPUID) == 0xC008AE05 and int(Ioctl.ENABLE_CAP) == 0x4068AEA3
+assert int(Ioctl.SET_VCPU_EVENTS) == 0x4040AEA0 and int(Ioctl.SET_MP_STATE) == 0x4004AE99
 
 
 class Cap(IntEnum):

@@ -21,6 +21,7 @@ on (CR3 = PML4), interrupts off, no IDT (the guest loads its own) and RDI = its 
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Mapping
 from typing import Final
@@ -97,7 +98,9 @@ def tss_address(vcpu: int) -> int:
     return TSS_BASE + vcpu * TSS_STRIDE
 
 
-def write_tables(memory: memoryview | bytearray, window_pages: Mapping[int, int] = {}) -> None:  # noqa: B006
+def write_tables(
+    memory: mmap.mmap | memoryview | bytearray, window_pages: Mapping[int, int] = {}
+) -> None:
     """Write the GDT and page tables; ``window_pages`` maps window page k -> GPA.
 
     Call before the first KVM_RUN only: with shadow paging, host writes to page tables the guest

@@ -20,6 +20,7 @@ set before the signal so a kick that lands while the thread is outside KVM_RUN i
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -91,10 +92,8 @@ class VcpuThread:
         self.vcpu.set_immediate_exit(True)
         ident = self.thread.ident
         if ident is not None and not self.finished:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # the thread has just ended
                 signal.pthread_kill(ident, KICK_SIGNAL)
-            except ProcessLookupError:  # the thread has just ended
-                pass
 
     def request_flush(self, latch: FlushLatch) -> None:
         """Queue a flush confirmation and kick; a vCPU that has ended confirms at once."""
@@ -126,11 +125,11 @@ class VcpuThread:
     def _main(self) -> None:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {KICK_SIGNAL})
         try:
-            self.vcpu.set_signal_mask({s for s in old if s != KICK_SIGNAL})
+            self.vcpu.set_signal_mask({signal.Signals(s) for s in old if s != KICK_SIGNAL})
             self._loop()
         except KvmError as e:
             self.machine.fail(str(e))
-        except Exception as e:  # noqa: BLE001 - any VMM bug must stop the machine, not hang it
+        except Exception as e:
             self.machine.fail(f"vCPU {self.index}: VMM error {e!r}\n{traceback.format_exc()}")
         finally:
             with self._lock:
@@ -251,7 +250,8 @@ class VcpuThread:
             detail = f"exit data {self.vcpu.exit_union(24).hex()}"
         return (
             f"guest fault on vCPU {self.index}: KVM_EXIT_{name} ({detail}) at RIP {rip:#x}, "
-            f"RSP {self.vcpu.sync_reg('rsp'):#x}, CPL {self.vcpu.cpl()}, bytes {insn.hex(' ') or 'outside RAM'}"
+            f"RSP {self.vcpu.sync_reg('rsp'):#x}, CPL {self.vcpu.cpl()}, "
+            f"bytes {insn.hex(' ') or 'outside RAM'}"
         )
 
 

@@ -52,16 +52,18 @@ def _bare_and_cases(report_cases: list[CaseResult], extra: dict[str, Any]) -> No
         extra.setdefault("bare_exit_us", bare.details.get("latency_us", {}))
 
 
-def run_ipi(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str,
-            timeout: float) -> tuple[list[CaseResult], dict[str, Any]]:
+def run_ipi(
+    vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str, timeout: float
+) -> tuple[list[CaseResult], dict[str, Any]]:
     """IPI scenario: vCPU 0 sends, every other vCPU idles in HLT and counts vector 0xfe."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     everyone = frozenset(range(vcpus))
     cases = [bare_case(), *_ipi_cases(vp_to_cpu, everyone)]
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
     roles = ["sender"] + ["idle"] * (vcpus - 1)
-    sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
-                      strategy=strategy)
+    sm = SuiteMachine(
+        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy
+    )
     try:
         sm.run(timeout)
         results = [_prefixed("ipi/", c) for c in sm.case_results(plan)]
@@ -78,8 +80,14 @@ def run_ipi(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: st
         sm.close()
 
 
-def run_flush(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str,
-              timeout: float, control: bool = True) -> tuple[list[CaseResult], dict[str, Any]]:
+def run_flush(
+    vcpus: int,
+    vp_indexes: Sequence[int],
+    iterations: int,
+    strategy: str,
+    timeout: float,
+    control: bool = True,
+) -> tuple[list[CaseResult], dict[str, Any]]:
     """Flush scenario: vCPU 0 swaps the test PTE and flushes; all others read at CPL3."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     workers = frozenset(range(1, vcpus))
@@ -88,8 +96,9 @@ def run_flush(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: 
         cases.append(CaseSpec("control-no-flush", Kind.CONTROL, targets=workers))
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
     roles = ["sender"] + ["worker"] * (vcpus - 1)
-    sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
-                      strategy=strategy)
+    sm = SuiteMachine(
+        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy
+    )
     try:
         sm.run(timeout)
         results = [_prefixed("flush/", c) for c in sm.case_results(plan)]
@@ -98,15 +107,17 @@ def run_flush(vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: 
         sm.close()
 
 
-def run_vpindex(vcpus: int, vp_indexes: Sequence[int], strategy: str,
-                timeout: float) -> tuple[list[CaseResult], dict[str, Any]]:
+def run_vpindex(
+    vcpus: int, vp_indexes: Sequence[int], strategy: str, timeout: float
+) -> tuple[list[CaseResult], dict[str, Any]]:
     """VP_INDEX scenario: every vCPU reads its VP index by RDMSR and its write must #GP; vCPU 0
     also calls the hypercall page from CPL3, which must #UD."""
     cpl3 = CaseSpec("hypercall-from-cpl3-ud", Kind.CPL3_CALL, expect_rax=0)
     plan = SenderPlan(0, [bare_case(), cpl3], [0], 1)
     roles = ["sender"] + ["exit"] * (vcpus - 1)
-    sm = SuiteMachine(vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan],
-                      strategy=strategy)
+    sm = SuiteMachine(
+        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy
+    )
     try:
         sm.run(timeout, wait_for=range(vcpus))
         results = [_prefixed("vpindex/", c) for c in sm.case_results(plan)[1:]]
@@ -139,8 +150,16 @@ def _machine_figures(sm: SuiteMachine) -> dict[str, Any]:
     }
 
 
-def run_suite_impl(*, vcpus: int, vp_indexes: list[int] | None, scenario: str, iterations: int,
-                   strategy: str, timeout: float, progress: Progress) -> RunReport:
+def run_suite_impl(
+    *,
+    vcpus: int,
+    vp_indexes: list[int] | None,
+    scenario: str,
+    iterations: int,
+    strategy: str,
+    timeout: float,
+    progress: Progress,
+) -> RunReport:
     """See :func:`vpindex.backends.kvm.run_suite`."""
     if scenario not in (*_SCENARIOS, "all"):
         raise ValueError(f"scenario must be one of ipi, flush, vpindex, all; got {scenario!r}")
@@ -178,14 +197,30 @@ def run_suite_impl(*, vcpus: int, vp_indexes: list[int] | None, scenario: str, i
 
 def _merge(cases: list[CaseResult]) -> dict[str, float]:
     """Median-of-case figures: p50 over the per-case medians, max of per-case p99."""
-    meds = [c.details["latency_us"]["p50"] for c in cases
-            if "latency_us" in c.details and c.details["latency_us"]
-            and "bare-exit" not in c.name and "control" not in c.name and "cpl3" not in c.name]
-    p99 = [c.details["latency_us"]["p99"] for c in cases
-           if "latency_us" in c.details and c.details["latency_us"]
-           and "bare-exit" not in c.name and "control" not in c.name and "cpl3" not in c.name]
+    meds = [
+        c.details["latency_us"]["p50"]
+        for c in cases
+        if "latency_us" in c.details
+        and c.details["latency_us"]
+        and "bare-exit" not in c.name
+        and "control" not in c.name
+        and "cpl3" not in c.name
+    ]
+    p99 = [
+        c.details["latency_us"]["p99"]
+        for c in cases
+        if "latency_us" in c.details
+        and c.details["latency_us"]
+        and "bare-exit" not in c.name
+        and "control" not in c.name
+        and "cpl3" not in c.name
+    ]
     if not meds:
         return {}
     out = percentiles(meds)
-    return {"case_p50_min": out["min"], "case_p50_median": out["p50"],
-            "case_p50_max": out["max"], "worst_p99": max(p99)}
+    return {
+        "case_p50_min": out["min"],
+        "case_p50_median": out["p50"],
+        "case_p50_max": out["max"],
+        "worst_p99": max(p99),
+    }

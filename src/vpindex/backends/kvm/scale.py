@@ -20,7 +20,7 @@ from vpindex.backends.kvm.suite import CaseSpec, SenderPlan, SuiteMachine, expec
 from vpindex.backends.report import CaseResult, RunReport, percentiles
 from vpindex.guest import encode_call
 
-__all__ = ["scale_vp_index", "run_scale_impl"]
+__all__ = ["run_scale_impl", "scale_vp_index"]
 
 _STRIDE, _OFFSET, _SPACE = 31, 7, 4096
 _SET_SIZE: Final = 8
@@ -44,21 +44,47 @@ def _plans(vcpus: int, calls: int) -> list[SenderPlan]:
         vp_set = VpSet.of(vps[t] for t in targets)
         banks = len({vps[t] // 64 for t in targets})
         for mode in ("slow", "xmm"):
-            call = encode_call(HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX, vp_set, mode=mode,
-                               vector=IPI_VECTOR)
-            ipi_cases.append(CaseSpec(f"scale/ipi-ex-{mode}/set{s}({banks} banks)", Kind.IPI,
-                                      call, targets, expected_rax(call)))
+            call = encode_call(
+                HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX, vp_set, mode=mode, vector=IPI_VECTOR
+            )
+            ipi_cases.append(
+                CaseSpec(
+                    f"scale/ipi-ex-{mode}/set{s}({banks} banks)",
+                    Kind.IPI,
+                    call,
+                    targets,
+                    expected_rax(call),
+                )
+            )
         flush_targets = frozenset(rng.sample(idle, min(_SET_SIZE, len(idle))))
         fset = VpSet.of(vps[t] for t in flush_targets)
         fbanks = len({vps[t] // 64 for t in flush_targets})
-        call = encode_call(HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX, fset, mode="xmm",
-                           flags=FlushFlags.ALL_VIRTUAL_ADDRESS_SPACES)
-        flush_cases.append(CaseSpec(f"scale/flush-ex-xmm/set{s}({fbanks} banks)", Kind.CALL_ONLY,
-                                    call, frozenset(), expected_rax(call)))
-    call = encode_call(HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX, VpSet.all(), mode="xmm",
-                       flags=FlushFlags.ALL_VIRTUAL_ADDRESS_SPACES)
-    flush_cases.append(CaseSpec("scale/flush-ex-xmm/set-all", Kind.CALL_ONLY, call,
-                                frozenset(), expected_rax(call)))
+        call = encode_call(
+            HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX,
+            fset,
+            mode="xmm",
+            flags=FlushFlags.ALL_VIRTUAL_ADDRESS_SPACES,
+        )
+        flush_cases.append(
+            CaseSpec(
+                f"scale/flush-ex-xmm/set{s}({fbanks} banks)",
+                Kind.CALL_ONLY,
+                call,
+                frozenset(),
+                expected_rax(call),
+            )
+        )
+    call = encode_call(
+        HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX,
+        VpSet.all(),
+        mode="xmm",
+        flags=FlushFlags.ALL_VIRTUAL_ADDRESS_SPACES,
+    )
+    flush_cases.append(
+        CaseSpec(
+            "scale/flush-ex-xmm/set-all", Kind.CALL_ONLY, call, frozenset(), expected_rax(call)
+        )
+    )
     return [
         SenderPlan(0, ipi_cases, list(range(vcpus)), calls),
         SenderPlan(1, flush_cases, [], calls),
@@ -74,8 +100,13 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
     plans = _plans(vcpus, calls)
     roles = ["sender", "sender"] + ["idle"] * (vcpus - 2)
     t0 = time.perf_counter()
-    sm = SuiteMachine(vcpus=vcpus, vp_indexes=[scale_vp_index(i) for i in range(vcpus)],
-                      roles=roles, plans=plans, strategy=strategy)
+    sm = SuiteMachine(
+        vcpus=vcpus,
+        vp_indexes=[scale_vp_index(i) for i in range(vcpus)],
+        roles=roles,
+        plans=plans,
+        strategy=strategy,
+    )
     created = time.perf_counter() - t0
     boot: list[float] = []
     stop = threading.Event()
@@ -106,8 +137,13 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
         m = sm.machine
         engine_ipis = sum(len(m.partition.vcpu(i).ipis) for i in range(vcpus))
         want = calls * sum(len(c.targets) for c in plans[0].cases)
-        report.cases.append(CaseResult("scale/engine-ipi-record", engine_ipis == want,
-                                       {"delivered": engine_ipis, "expected": want}))
+        report.cases.append(
+            CaseResult(
+                "scale/engine-ipi-record",
+                engine_ipis == want,
+                {"delivered": engine_ipis, "expected": want},
+            )
+        )
         vp_ok = all(sm.percpu(i, PerCpu.VP_READ) == scale_vp_index(i) for i in range(vcpus))
         report.cases.append(CaseResult("scale/vp-index-rdmsr", vp_ok, {"vcpus": vcpus}))
         report.latency_us = percentiles(samples)

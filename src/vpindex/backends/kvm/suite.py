@@ -187,9 +187,7 @@ class SuiteMachine:
         }  # fmt: skip
         for off, value in fields.items():
             struct.pack_into("<Q", mem, cfg + off, value)
-        struct.pack_into(
-            "<Q", mem, Map.PERCPU + plan.vcpu * Map.PERCPU_SIZE + PerCpu.CONFIG, cfg
-        )
+        struct.pack_into("<Q", mem, Map.PERCPU + plan.vcpu * Map.PERCPU_SIZE + PerCpu.CONFIG, cfg)
 
     def run(self, timeout: float, wait_for: Sequence[int] | None = None) -> None:
         """Run until every sender (or every vCPU in ``wait_for``) has ended; the others are
@@ -237,7 +235,9 @@ class SuiteMachine:
                 if case.kind == Kind.FLUSH:
                     passed = passed and stale == 0
                 else:
-                    details["note"] = "PTE swapped with no flush: stale reads show the test can see a missing flush"
+                    details["note"] = (
+                        "PTE swapped with no flush: stale reads show the test sees a missing flush"
+                    )
                     passed = bad == 0
             out.append(CaseResult(case.name, passed, details))
         return out
@@ -258,7 +258,9 @@ def _flush_cases(vp_to_cpu: dict[int, int], workers: frozenset[int]) -> list[Cas
     cases = []
     for sc in flush_scenarios(Map.TEST_VA):
         targets = workers if sc.expect is None else frozenset(vp_to_cpu[v] for v in sc.expect)
-        cases.append(CaseSpec(sc.name, Kind.FLUSH, sc.call, targets & workers, expected_rax(sc.call)))
+        cases.append(
+            CaseSpec(sc.name, Kind.FLUSH, sc.call, targets & workers, expected_rax(sc.call))
+        )
     return cases
 
 

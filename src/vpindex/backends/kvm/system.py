@@ -82,11 +82,11 @@ class Kvm:
         nent = 128
         while True:
             buf = cpuid2_buffer(nent)()
-            buf.nent = nent  # type: ignore[attr-defined]
+            buf.nent = nent
             r, err = ioctl_raw(self.fd, Ioctl.GET_SUPPORTED_CPUID, ctypes.addressof(buf))
             if r >= 0:
-                n = buf.nent  # type: ignore[attr-defined]
-                entries = buf.entries  # type: ignore[attr-defined]
+                n = buf.nent
+                entries = buf.entries
                 return [CpuidEntry2.from_buffer_copy(entries[i]) for i in range(n)]
             if err != errno.E2BIG or nent >= 4096:
                 raise KvmError(f"KVM_GET_SUPPORTED_CPUID failed: {os.strerror(err)}")

@@ -15,7 +15,7 @@ import os
 import signal
 
 from vpindex.backends.kvm._libc import ioctl, ioctl_raw
-from vpindex.backends.kvm.ioctls import ExitReason, Ioctl, MpState, SyncRegs
+from vpindex.backends.kvm.ioctls import Ioctl, MpState, SyncRegs
 from vpindex.backends.kvm.structs import (
     FPU_XMM_OFFSET,
     IO_EXIT,
@@ -190,9 +190,9 @@ class Vcpu:
     def set_cpuid(self, entries: list[CpuidEntry2]) -> None:
         """KVM_SET_CPUID2 (before the first KVM_RUN)."""
         buf = cpuid2_buffer(len(entries))()
-        buf.nent = len(entries)  # type: ignore[attr-defined]
+        buf.nent = len(entries)
         for i, e in enumerate(entries):
-            buf.entries[i] = e  # type: ignore[attr-defined]
+            buf.entries[i] = e
         ioctl(self.fd, Ioctl.SET_CPUID2, ctypes.addressof(buf), what="KVM_SET_CPUID2")
 
     def tsc_khz(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -58,10 +59,8 @@ class Vm:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
+        with contextlib.suppress(BufferError):  # a memoryview still exports it: GC unmaps
             self.memory.close()
-        except BufferError:  # a memoryview still exports it; let GC unmap
-            pass
 
     def set_user_memory_region(self, slot: int, gpa: int, size: int, uaddr: int) -> None:
         """KVM_SET_USER_MEMORY_REGION."""

@@ -1,7 +1,8 @@
 """A small bring-your-own guest, built with :mod:`vpindex.backends.kvm.asm`.
 
-Every vCPU: sets its stack, prints ``<index letter>`` and the CPUID 0x40000000 vendor ("Microsoft Hv") to the
-debug console, identifies itself (GUEST_OS_ID), enables the hypercall page at 0x200000, reads
+Every vCPU: sets its stack, prints ``<index letter>`` and the CPUID 0x40000000 vendor
+("Microsoft Hv") to the debug console, identifies itself (GUEST_OS_ID), enables the hypercall
+page at 0x200000, reads
 its VP index, issues a fast HvFlushVirtualAddressSpace for ALL_PROCESSORS and ends with exit
 code 0 if RAX was HV_STATUS_SUCCESS (else 1). ``exit_code`` makes vCPU 0 end with that code
 instead, to exercise failure reporting.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import sys
 
-from iced_x86 import Code as C
+import iced_x86
 
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, RAX, RDI, RSP, Asm
 from vpindex.backends.kvm.machine import CONSOLE_PORT, EXIT_PORT
 
+C = iced_x86.Code
 __all__ = ["HYPERCALL_PAGE", "build"]
 
 HYPERCALL_PAGE = 0x200000

@@ -10,7 +10,8 @@ that writing it faults with #GP. Then, by role:
   not match the expectation the sender published (stale TLB entries);
 * ``role_sender`` -- drops to CPL3 and runs the case table the VMM wrote (see
   :class:`Config`), issuing each hypercall ``iterations`` times through a ``ud2`` gate (whose
-  CPL0 #UD handler calls the hypercall page; PVM raises #UD for ``int n`` at CPL3), timing every call with RDTSC and checking RAX, the
+  CPL0 #UD handler calls the hypercall page; PVM raises #UD for ``int n`` at CPL3), timing
+  every call with RDTSC and checking RAX, the
   receivers' interrupt counts or the workers' reads;
 * ``role_exit``   -- ends the vCPU with exit code 0.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from iced_x86 import Code as C
+import iced_x86
 
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.asm import (
@@ -58,7 +59,8 @@ from vpindex.backends.kvm.asm import (
 )
 from vpindex.backends.kvm.machine import EXIT_PORT, NULL_PORT
 
-__all__ = ["Config", "Kind", "Map", "PerCpu", "Result", "build_program", "idt_bytes"]
+C = iced_x86.Code
+__all__ = ["Config", "Kind", "Map", "PerCpu", "Result", "build_program"]
 
 
 class Map:
@@ -355,14 +357,18 @@ class _Sender:
         self._main(main)
         self._subroutines()
 
-    def _main(self, main: Label) -> None:  # noqa: PLR0915 - one straight-line guest routine
+    def _main(self, main: Label) -> None:
         a = self.a
         case_loop, iter_loop = a.label("case_loop"), a.label("iter_loop")
         case_done, all_done = a.label("case_done"), a.label("all_done")
         prep_flush, prep_swap, issue = a.label("prep_flush"), a.label("prep_swap"), a.label("issue")
         do_bare, do_control, do_cpl3 = a.label("do_bare"), a.label("do_control"), a.label("do_cpl3")
         issued, status_ok = a.label("issued"), a.label("status_ok")
-        not_ipi, post_flush, next_iter = a.label("not_ipi"), a.label("post_flush"), a.label("next_iter")
+        not_ipi, post_flush, next_iter = (
+            a.label("not_ipi"),
+            a.label("post_flush"),
+            a.label("next_iter"),
+        )
         a.bind(main)
         a.op(C.MOV_R64_RM64, RBP, mem(R13, PerCpu.CONFIG))
         a.op(C.MOV_R64_RM64, R12, mem(RBP, Config.CASES))
@@ -477,7 +483,7 @@ class _Sender:
         a.op(C.OUT_IMM8_AL, EXIT_PORT, AL)
         a.op(C.JMP_REL32_64, all_done)
 
-    def _subroutines(self) -> None:  # noqa: PLR0915
+    def _subroutines(self) -> None:
         a, sub = self.a, self.sub
         # R10 = now + SPIN_CYCLES
         a.bind(sub["sub_deadline"])
