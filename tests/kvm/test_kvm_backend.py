@@ -148,3 +148,34 @@ def test_scale_128_vcpus_sparse_sets() -> None:
 def test_scale_256_vcpus_boot_and_shutdown() -> None:
     report = run_scale(vcpus=256, calls=1, timeout=180)
     assert report.ok and report.extra["threads"] == 256
+
+
+@pytest.mark.timeout(120)
+def test_flush_suite_detects_a_kick_without_tlb_flush() -> None:
+    """Diagnostic: targets are kicked and re-entered but their TLB is not flushed; the same
+    cases must then report stale reads, so passing really depends on the remote flush."""
+    from vpindex.backends.kvm.runner import run_flush
+
+    cases, _ = run_flush(3, [0, 2, 65], 3, "adaptive", 60, control=False, real_tlb_flush=False)
+    flushes = [c for c in cases if c.name.startswith("flush/flush-")]
+    assert flushes and all(c.details["stale_reads"] > 0 and not c.passed for c in flushes)
+
+
+def test_not_a_kvm_device_is_a_clear_error() -> None:
+    from vpindex.backends.kvm.system import Kvm
+
+    with pytest.raises(KvmError, match="does not exist"):
+        Kvm("/nonexistent/kvm")
+    with pytest.raises(KvmError, match="not a KVM device"):
+        Kvm("/dev/null")
+
+
+@pytest.mark.timeout(60)
+def test_runs_from_a_non_main_thread(hello_image: Path) -> None:
+    import threading
+
+    out: list[object] = []
+    t = threading.Thread(target=lambda: out.append(run_guest(str(hello_image), vcpus=2)))
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and out and getattr(out[0], "failed", 1) == 0

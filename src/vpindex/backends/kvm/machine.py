@@ -109,7 +109,8 @@ class VcpuThread:
     def flush_now(self) -> None:
         """Apply the engine's queued flushes and flush this vCPU's TLB before it re-enters."""
         self.machine.partition.vcpu(self.index).apply_flushes()
-        flush_own_tlb(self.vcpu)
+        if self.machine.real_tlb_flush:
+            flush_own_tlb(self.vcpu)
 
     def service_mailbox(self) -> None:
         """Serve queued flush requests (cheap when there are none)."""
@@ -260,6 +261,8 @@ class Machine:
     RAM at GPA 0, set up for long mode, served by a fresh :class:`Partition`.
 
     Use: :meth:`load` images, :meth:`set_entry` for each vCPU, :meth:`run`, :meth:`close`.
+    ``real_tlb_flush=False`` is a diagnostic: remote flushes still kick the targets and drain the
+    engine's queues but skip the TLB flush itself, which the flush suite must then detect.
     """
 
     def __init__(
@@ -271,6 +274,7 @@ class Machine:
         strategy: str = "adaptive",
         features: Features | None = None,
         window_pages: Mapping[int, int] | None = None,
+        real_tlb_flush: bool = True,
     ) -> None:
         if not 1 <= vcpus <= layout.MAX_VCPUS:
             raise ValueError(f"vcpus must be in [1, {layout.MAX_VCPUS}], got {vcpus}")
@@ -310,6 +314,7 @@ class Machine:
         self.threads = [VcpuThread(self, v) for v in self.vcpus]
         self.tsc_khz = self.vcpus[0].tsc_khz()
         self.stopping = False
+        self.real_tlb_flush = real_tlb_flush
         self.faults_injected = 0
         self.error: str | None = None
         self._cond = threading.Condition()

@@ -87,8 +87,10 @@ def run_flush(
     strategy: str,
     timeout: float,
     control: bool = True,
+    real_tlb_flush: bool = True,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
-    """Flush scenario: vCPU 0 swaps the test PTE and flushes; all others read at CPL3."""
+    """Flush scenario: vCPU 0 swaps the test PTE and flushes; all others read at CPL3.
+    ``real_tlb_flush=False`` (diagnostic) skips the targets' TLB flush to show it is needed."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     workers = frozenset(range(1, vcpus))
     cases = [bare_case(), *_flush_cases(vp_to_cpu, workers)]
@@ -97,7 +99,12 @@ def run_flush(
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
     roles = ["sender"] + ["worker"] * (vcpus - 1)
     sm = SuiteMachine(
-        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy
+        vcpus=vcpus,
+        vp_indexes=vp_indexes,
+        roles=roles,
+        plans=[plan],
+        strategy=strategy,
+        real_tlb_flush=real_tlb_flush,
     )
     try:
         sm.run(timeout)

@@ -46,6 +46,7 @@ _PAGE = 4096
 #: Bound on every guest-side wait, as a fraction of a second of TSC cycles.
 _SPIN_SECONDS: Final = 0.25
 _MIN_READS: Final = 16
+_ISSUES_HYPERCALL: Final = frozenset({Kind.IPI, Kind.FLUSH, Kind.CALL_ONLY})
 
 
 @dataclass
@@ -119,11 +120,13 @@ class SuiteMachine:
         roles: Sequence[str],
         plans: Sequence[SenderPlan],
         strategy: str = "adaptive",
+        real_tlb_flush: bool = True,
     ) -> None:
         self.program = build_program()
         self.machine = Machine(
             vcpus=vcpus, memory_size=Map.MEMORY, strategy=strategy,
             vp_indexes=dict(enumerate(vp_indexes)), window_pages={0: Map.PAGE_A},
+            real_tlb_flush=real_tlb_flush,
         )  # fmt: skip
         self.vp_indexes = list(vp_indexes)
         self.plans = list(plans)
@@ -209,6 +212,10 @@ class SuiteMachine:
         samples_all = struct.unpack_from(
             f"<{len(plan.cases) * plan.iterations}I", mem, plan.addrs["samples"]
         )
+        served = iter(
+            [e.duration_ns / 1000 for e in self.machine.partition.events
+             if e.vcpu == plan.vcpu and e.fault is None]
+        )  # fmt: skip
         for k, case in enumerate(plan.cases):
             r = plan.addrs["results"] + k * Result.SIZE
             bad, last_rax, mismatch, stale_sum = struct.unpack_from("<QQQQ", mem, r)
@@ -220,6 +227,9 @@ class SuiteMachine:
                 "iterations": plan.iterations,
                 "latency_us": percentiles([c * us_per_cycle for c in samples]),
             }
+            if case.kind in _ISSUES_HYPERCALL:
+                vmm = [next(served, 0.0) for _ in range(plan.iterations)]
+                details["vmm_serve_us"] = percentiles(vmm)
             passed = bad == 0 and timeouts == 0
             if bad:
                 details["bad_status"] = bad

@@ -40,7 +40,11 @@ class Kvm:
             ) from None
         except OSError as e:
             raise KvmError(f"cannot open {path}: {e.strerror}") from None
-        version = ioctl(self.fd, Ioctl.GET_API_VERSION, what="KVM_GET_API_VERSION")
+        try:
+            version = ioctl(self.fd, Ioctl.GET_API_VERSION, what="KVM_GET_API_VERSION")
+        except OSError as e:
+            os.close(self.fd)
+            raise KvmError(f"{path} is not a KVM device ({e.strerror})") from None
         if version != API_VERSION:
             os.close(self.fd)
             raise KvmError(f"{path}: KVM API version {version}, need {API_VERSION}")
