@@ -346,3 +346,24 @@ def test_default_features_and_memory_access():
         p.memory.read(1 << 20, 1)
     with pytest.raises(ValueError):
         p.memory.read(-1, 1)
+
+
+def test_members_at_or_above_max_vp_index_are_ignored():
+    p = Partition(2, max_vp_index=64)
+    p.enable_hypercalls()
+    p.set_vp_index(1, 63)
+    p.memory.write(0x10000, struct.pack("<IIQQQQ", 0xFE, 0, 0, 0x3, 1 << 63, 0x1))  # 63, 64
+    assert p.hypercall(0, 0x4_0015, 0x10000) == 0
+    assert [p.vcpu(v).ipis for v in range(2)] == [[], [0xFE]]
+
+
+def test_partition_uses_a_given_memory_buffer_without_copying():
+    ram = bytearray(1 << 16)
+    p = Partition(2, memory=ram)
+    p.enable_hypercalls(page_gpa=0x1000)
+    assert ram[0x1000:0x1004] == bytes.fromhex("0f01c1c3")
+    ram[0x8000:0x8010] = struct.pack("<IIQ", 0x41, 0, 0x2)  # the VMM writes guest RAM
+    assert p.hypercall(0, 0x0B, 0x8000) == 0
+    assert p.vcpu(1).ipis == [0x41]
+    with pytest.raises(ValueError):
+        Partition(1, memory=bytes(4096))  # read-only
