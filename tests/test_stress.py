@@ -51,6 +51,7 @@ N_VCPUS = 48
 UNIVERSE = tuple(sorted(random.Random(7).sample(range(4096), 2 * N_VCPUS)))
 #: reads between two writes (a write every few reads: plenty of churn, bounded history)
 READS_PER_WRITE = 8
+U64 = (1 << 64) - 1
 
 
 @contextmanager
@@ -397,3 +398,64 @@ def test_engine_ipis_follow_the_vp_index_under_swaps() -> None:
     assert total == ENGINE_CALLS // READERS * READERS
     print(f"\n[stress] engine: {total} hypercalls {calls_by_kind}, {sum(delivered)} IPIs "
           f"delivered, {len(history) - 1} published maps {writer.writes}, 0 torn")  # fmt: skip
+
+
+# -- a guest racing its own input --------------------------------------------------------------
+
+
+def test_guest_rewriting_its_input_during_the_call() -> None:
+    """Guest memory is shared with running vCPUs, and the engine reads the input block in place
+    (a zero-copy view), so another vCPU can rewrite it while the call is decoded (a double
+    fetch: the format and bank mask are read again by VpSet.decode). Whatever the race, the
+    call must return 0 or 3 (never raise); a failed call delivers nothing, a successful one
+    delivers the vector exactly once to each vCPU it reaches."""
+    n = 130
+    p = Partition(n, log_events=False)
+    p.enable_hypercalls()
+    gpa = 0x2000
+    versions = [
+        struct.pack("<IIQQQQ", 0xFE, 0, 0, 0b11, 1 << 2, 1 << 1),  # VPs 2 and 65
+        struct.pack("<IIQQQQ", 0xFE, 0, 0, 0b101, 1 << 3, 1 << 4),  # VPs 3 and 132 (no holder)
+        struct.pack("<IIQQQQ", 0xFE, 0, 1, 0b11, 0, 0),  # HV_GENERIC_SET_ALL
+        struct.pack("<IIQQQQ", 0xFE, 0, 2, 0b1, 1 << 5, 0),  # bad format, one bank
+        struct.pack("<IIQQQQ", 0xFE, 0, 0, U64, U64, U64),  # 64 banks named, 2 present
+    ]
+    p.memory.write(gpa, versions[0])
+    stop = threading.Event()
+    errors: list[str] = []
+    statuses: dict[int, int] = {}
+    # what each version alone delivers (identity map: VP i is vCPU i; VP 132 has no holder)
+    consistent = {(2, 65), (3,), tuple(range(n))}
+    mixed: list[tuple[int, ...]] = []
+
+    def racer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            p.memory.write(gpa, versions[i % len(versions)])
+
+    def caller() -> None:
+        for _ in range(4000 if not STRESS else 100_000):
+            before = [len(p.vcpu(v).ipis) for v in range(n)]
+            rax = p.hypercall(0, 0x15 | 2 << 17, gpa)
+            statuses[rax] = statuses.get(rax, 0) + 1
+            new = [p.vcpu(v).ipis[before[v] :] for v in range(n)]
+            hit = [v for v in range(n) if new[v]]
+            once = all(new[v] == [0xFE] for v in hit)
+            if rax not in (0, 3) or (rax == 3 and hit) or not once:
+                errors.append(f"rax {rax:#x}, hit {hit[:8]}")
+                return
+            if rax == 0 and tuple(hit) not in consistent:
+                mixed.append(tuple(hit))
+
+    with fast_switching():
+        t = threading.Thread(target=racer)
+        t.start()
+        try:
+            caller()
+        finally:
+            stop.set()
+            t.join()
+    assert not errors, errors[:3]
+    assert set(statuses) <= {0, 3}
+    print(f"\n[stress] racing guest: statuses {statuses}, {len(mixed)} calls saw a torn input")
