@@ -205,3 +205,36 @@ def test_synchronous_flush_recorded_on_every_target_before_return(n):
     assert space_call(p, (1 << n) - 1) == 0
     assert all(len(p.vcpu(v).flushes) == 1 for v in range(n))
     assert not any(p.vcpu(v).flush_pending for v in range(n))
+
+
+def test_concurrent_callers_lose_no_effect():
+    """Four vCPU threads issue IPIs and LIST flushes at once: every effect is recorded."""
+    import threading
+
+    p = Partition(4)
+    p.enable_hypercalls()
+    rounds = 150
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def vcpu_thread(v: int) -> None:
+        try:
+            start.wait()
+            for i in range(rounds):
+                assert p.hypercall(v, 0x1_000B, 0x20 + v, 0xF) == 0
+                xmm = q(0xF, 0x1000 * (i + 1))
+                assert p.hypercall(v, 1 << 32 | 0x1_0003, 0, 0, xmm) == 1 << 32
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=vcpu_thread, args=(v,)) for v in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for v in range(4):
+        assert sorted(p.vcpu(v).ipis) == sorted([0x20, 0x21, 0x22, 0x23] * rounds)
+        assert len(p.vcpu(v).flushes) == 4 * rounds
+        assert all(len(f.gvas) == 1 for f in p.vcpu(v).flushes)
+    assert len(p.events) == 8 * rounds
