@@ -44,10 +44,10 @@ def render_report(console: Console, report: RunReport) -> None:
             console.print(table)
     if report.latency_us:
         lat = report.latency_us
-        console.print(
-            "per-call latency (µs): "
-            + ", ".join(f"{k} {lat[k]:g}" for k in ("min", "p50", "p90", "p99", "max") if k in lat)
-        )
+        shown = [k for k in ("min", "p50", "p90", "p99", "max") if k in lat] or [
+            k for k in lat if k != "count"
+        ]
+        console.print("per-call latency (µs): " + ", ".join(f"{k} {lat[k]:g}" for k in shown))
     if "calls_per_s" in extra:
         console.print(f"throughput: {extra['calls_per_s']:g} calls/s over {report.calls} calls")
     verdict = "[bold green]PASS[/]" if report.ok else "[bold red]FAIL[/]"
