@@ -1,0 +1,239 @@
+"""``vpindex bench``: the 2018 VP-index strategies side by side, timed, tabled and plotted."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vpindex.backends.sim import MAPPINGS
+from vpindex.cli.app import app
+from vpindex.cli.parsing import parse_int_list
+from vpindex.lab.report import ADAPTIVE_TOLERANCE, evaluate_goals, sweep_to_json
+from vpindex.lab.sweep import (
+    DEFAULT_TARGETS,
+    HYPERCALL_VARIANTS,
+    OPS,
+    QUICK_VARIANTS,
+    QUICK_VCPUS,
+    Cell,
+    CellResult,
+    SweepConfig,
+    SweepResult,
+    parse_targets,
+    run_sweep,
+)
+from vpindex.vpmap import STRATEGIES
+
+__all__ = ["bench", "format_ns"]
+
+
+def format_ns(ns: float) -> str:
+    """A duration for a table: ``812 ns``, ``3.4 µs``, ``12.1 ms``."""
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e4:
+        return f"{ns / 1e3:.0f} µs"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+def _names(text: str | None, allowed: tuple[str, ...], option: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    out = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [p for p in out if p not in allowed]
+    if bad or not out:
+        raise typer.BadParameter(
+            f"{option}: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(allowed)}"
+        )
+    return out
+
+
+def _render_op(
+    console: Console, op: str, results: list[CellResult], strategies: tuple[str, ...]
+) -> None:
+    groups: dict[tuple[str, int, str, str], dict[str, CellResult]] = defaultdict(dict)
+    for r in results:
+        c = r.cell
+        groups[(c.mapping, c.n, c.targets, c.variant)][c.strategy] = r
+    table = Table(
+        title=f"{op}: median time per call, and ratio to the best (★) of each row",
+        header_style="bold",
+    )
+    table.add_column("mapping")
+    table.add_column("N", justify="right")
+    if op in ("resolve", "hypercall"):
+        table.add_column("targets", justify="right")
+    if op in ("hypercall", "update"):
+        table.add_column("variant")
+    for s in strategies:
+        table.add_column(s, justify="right")
+    for (mapping, n, targets, variant), row in groups.items():
+        k = next(iter(row.values())).cell.k
+        cells = [mapping, str(n)]
+        if op in ("resolve", "hypercall"):
+            cells.append(f"{targets} ({k})")
+        if op in ("hypercall", "update"):
+            cells.append(variant)
+        for s in strategies:
+            got = row.get(s)
+            if got is None:
+                cells.append("")
+                continue
+            text = f"{format_ns(got.timing.median)} ×{got.ratio:.2f}"
+            if got.best:
+                text = f"[bold green]★ {format_ns(got.timing.median)}[/]"
+            elif s == "adaptive" and got.ratio > ADAPTIVE_TOLERANCE:
+                text = f"[bold red]{text}[/]"
+            cells.append(text)
+        table.add_row(*cells)
+    console.print(table)
+
+
+def render_sweep(console: Console, sweep: SweepResult) -> None:
+    """Tables per op, the memory table and the goals."""
+    strategies = sweep.config.strategies
+    by_op: dict[str, list[CellResult]] = defaultdict(list)
+    for r in sweep.results:
+        by_op[r.cell.op].append(r)
+    for op in OPS:
+        if by_op.get(op):
+            _render_op(console, op, by_op[op], strategies)
+    mem = Table(title="memory: nbytes() per map (max_vp_index 4096)", header_style="bold")
+    mem.add_column("mapping")
+    mem.add_column("N", justify="right")
+    for s in strategies:
+        mem.add_column(s, justify="right")
+    rows: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
+    for m in sweep.memory:
+        rows[(m.mapping, m.n)][m.strategy] = m.nbytes
+    for (mapping, n), values in rows.items():
+        mem.add_row(mapping, str(n), *(f"{values.get(s, 0):,}" for s in strategies))
+    console.print(mem)
+    goals = Table(title="goals (issue 6)", header_style="bold")
+    goals.add_column("goal")
+    goals.add_column("verdict")
+    goals.add_column("measured", overflow="fold")
+    for g in evaluate_goals(sweep):
+        verdict = {True: "[green]met[/]", False: "[bold red]not met[/]", None: "n/a"}[g.met]
+        goals.add_row(g.name, verdict, g.detail)
+    console.print(goals)
+    console.print(
+        f"{len(sweep.results)} cells in {sweep.elapsed_s:.0f} s; repeat {sweep.config.repeat}, "
+        f"samples of >= {sweep.config.target_ns / 1e6:g} ms; medians (noisy shared machine: "
+        "compare ratios, not absolute times)"
+    )
+
+
+@app.command()
+def bench(
+    strategies: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated strategies (default all: {', '.join(STRATEGIES)})."),
+    ] = None,
+    vcpus: Annotated[
+        str | None,
+        typer.Option(help="vCPU counts N, e.g. 1,8,64 (default 1,8,64,128,512,1024,4096)."),
+    ] = None,
+    targets: Annotated[
+        str, typer.Option(help="Target-set sizes: ints, fractions of N (1/8) or 'all'.")
+    ] = ",".join(DEFAULT_TARGETS),
+    mapping: Annotated[
+        str, typer.Option(help="VP-index mappings: identity, shuffled, sparse.")
+    ] = ",".join(MAPPINGS),
+    op: Annotated[
+        str,
+        typer.Option("--op", help="Ops: resolve, vcpu_of, hypercall, update (comma-separated)."),
+    ] = ",".join(OPS),
+    variants: Annotated[
+        str | None,
+        typer.Option(help="hypercall op: encodings, e.g. flush-space/ex/slow,ipi/non-ex/fast."),
+    ] = None,
+    repeat: Annotated[
+        int | None, typer.Option(help="Samples per cell (default 5; --quick 3).")
+    ] = None,
+    sample_ms: Annotated[
+        float | None,
+        typer.Option(help="Minimum duration of one sample, ms (default 20; --quick 5)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write machine-readable results to FILE.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write log-log PNG plots: FILE.png plus FILE-<op>.png ...")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Reduced grid (N in 8,128,1024; 3 encodings; short samples).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No tables (with --json/--plot).")] = False,
+) -> None:
+    """Time the VP-index strategies per op, mapping, N and target count; print the ratio of
+    each to the best, memory per map, and the issue-6 goals."""
+    try:
+        config = SweepConfig(
+            targets=parse_targets(targets),
+            mappings=_names(mapping, MAPPINGS, "--mapping") or MAPPINGS,
+            ops=_names(op, OPS, "--op") or OPS,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    config.strategies = _names(strategies, tuple(STRATEGIES), "--strategies") or tuple(STRATEGIES)
+    if vcpus is not None:
+        config.vcpus = tuple(dict.fromkeys(parse_int_list(vcpus, "--vcpus")))
+    elif quick:
+        config.vcpus = QUICK_VCPUS
+    config.variants = _names(variants, HYPERCALL_VARIANTS, "--variants") or (
+        QUICK_VARIANTS if quick else config.variants
+    )
+    config.repeat = repeat if repeat is not None else (3 if quick else 5)
+    config.target_ns = int((sample_ms if sample_ms is not None else (5 if quick else 20)) * 1e6)
+    if quick:
+        config.budget_ns = 200_000_000
+    if config.target_ns <= 0:
+        raise typer.BadParameter("--sample-ms must be > 0")
+    try:
+        config.validate()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    console = Console()
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("bench", total=None)
+
+        def progress(cell: Cell, done: int, total: int) -> None:
+            bar.update(
+                task,
+                completed=done,
+                total=total,
+                description=f"{cell.op} {cell.mapping} N={cell.n} {cell.targets} {cell.variant}",
+            )
+
+        sweep = run_sweep(config, progress)
+    doc = sweep_to_json(sweep)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(doc, indent=1) + "\n")
+    if plot is not None:
+        from vpindex.lab.plots import write_plots
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        for path in write_plots(doc, plot):
+            console.print(f"wrote {path}")
+    if not quiet:
+        render_sweep(console, sweep)
+    if json_out is not None:
+        console.print(f"wrote {json_out}")

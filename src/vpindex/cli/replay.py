@@ -1,0 +1,146 @@
+"""``vpindex replay``: rebuild the flush/IPI calls of a KVM trace and time them through the
+VP-index strategies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vpindex.abi.vpset import MAX_VP_INDEX
+from vpindex.cli.app import app
+from vpindex.cli.bench import format_ns
+from vpindex.cli.parsing import parse_int_list
+from vpindex.lab.replay import parse_trace
+from vpindex.lab.replay import replay as replay_trace
+from vpindex.vpmap import STRATEGIES
+
+__all__ = ["replay"]
+
+
+def _render(console: Console, path: Path, doc: dict[str, Any]) -> None:
+    summary = Table(title=f"vpindex replay: {path}", show_header=False)
+    m = doc["map"]
+    vp_text = "identity" if m["vp_indexes"] == "identity" else "explicit"
+    rows = [
+        ("lines", doc["lines"]),
+        ("flush/IPI calls", doc["calls"]),
+        ("replayed", doc["replayed"]),
+        ("naming all VPs", doc["all_vps"]),
+        ("Ex sets approximated from valid_bank_mask", doc["approximated"]),
+        ("failed (result != 0)", doc["failed"]),
+        ("unparsable lines", doc["unparsable"]),
+        ("other events (ignored)", sum(doc["other_events"].values())),
+        ("other hypercalls (ignored)", sum(doc["other_hypercalls"].values())),
+        ("hypercall lines without their flush/IPI line", doc["incomplete"]),
+        ("hypercall layouts", ", ".join(f"{k}: {v}" for k, v in doc["hypercall_layouts"].items())),
+        ("flush layouts", ", ".join(f"{k}: {v}" for k, v in doc["flush_layouts"].items())),
+        ("replay map", f"{m['vcpus']} vCPUs, {vp_text} ({m['source']})"),
+        ("strategies agree", "yes" if doc["strategies_agree"] else "[bold red]NO[/]"),
+    ]
+    for key, value in rows:
+        summary.add_row(key, str(value))
+    console.print(summary)
+    for line in doc["unparsable_examples"]:
+        console.print(f"  [yellow]unparsable line {line['line']}:[/] {line['text']}")
+    types = Table(title="calls by type")
+    types.add_column("call")
+    types.add_column("calls", justify="right")
+    for name, count in doc["by_type"].items():
+        types.add_row(name, str(count))
+    console.print(types)
+    hist = Table(title="target-set size (vCPUs reached)")
+    hist.add_column("vCPUs", justify="right")
+    hist.add_column("calls", justify="right")
+    hist.add_column("")
+    top = max(doc["target_histogram"].values(), default=1)
+    for label, count in doc["target_histogram"].items():
+        hist.add_row(label, str(count), "█" * max(1, round(30 * count / top)))
+    console.print(hist)
+    if doc["strategies"]:
+        timing = Table(title="resolve time per call (median over the trace's call mix)")
+        timing.add_column("strategy")
+        timing.add_column("per call", justify="right")
+        timing.add_column("IQR", justify="right")
+        timing.add_column("ratio to best", justify="right")
+        for s in doc["strategies"]:
+            name = f"[bold green]★ {s['strategy']}[/]" if s["best"] else s["strategy"]
+            timing.add_row(
+                name,
+                format_ns(s["median_ns"]),
+                f"{format_ns(s['q1_ns'])} - {format_ns(s['q3_ns'])}",
+                f"×{s['ratio_to_best']:.2f}",
+            )
+        console.print(timing)
+
+
+@app.command()
+def replay(
+    file: Annotated[
+        Path, typer.Argument(help="trace-cmd report / perf script text with kvm_hv_* events.")
+    ],
+    strategy: Annotated[
+        str, typer.Option(help="A strategy name, a comma-separated list, or all.")
+    ] = "all",
+    vcpus: Annotated[
+        int | None, typer.Option(help="Replay map size (identity unless --vp-indexes).")
+    ] = None,
+    vp_indexes: Annotated[
+        str | None, typer.Option("--vp-indexes", help="The VP index of each vCPU, e.g. 0,2,65.")
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="Timed samples per strategy.")] = 5,
+    sample_ms: Annotated[float, typer.Option(help="Minimum duration of one sample, ms.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Rebuild every PV TLB-flush / PV IPI call of a KVM trace, resolve its VP set through the
+    chosen strategies and report calls by type, target-set sizes and time per strategy.
+    Unparsable lines are counted, never fatal. Ex sets whose bank words the trace does not
+    show are taken as every held VP index in the valid banks (an upper bound)."""
+    if strategy == "all":
+        names = tuple(STRATEGIES)
+    else:
+        names = tuple(dict.fromkeys(s.strip() for s in strategy.split(",") if s.strip()))
+        bad = [s for s in names if s not in STRATEGIES]
+        if bad or not names:
+            raise typer.BadParameter(
+                f"--strategy: unknown {', '.join(bad) or '(empty)'}; valid: "
+                f"{', '.join(STRATEGIES)} or all"
+            )
+    if repeat < 1 or sample_ms <= 0:
+        raise typer.BadParameter("--repeat must be >= 1 and --sample-ms > 0")
+    vps: list[int] | None = None
+    source = ""
+    if vp_indexes is not None:
+        vps = parse_int_list(vp_indexes, "--vp-indexes")
+        if vcpus is not None and vcpus != len(vps):
+            raise typer.BadParameter(f"--vp-indexes names {len(vps)} VP indexes for {vcpus} vCPUs")
+        if any(not 0 <= v < MAX_VP_INDEX for v in vps) or len(set(vps)) != len(vps):
+            raise typer.BadParameter(f"--vp-indexes must be distinct and in [0, {MAX_VP_INDEX})")
+        source = "--vp-indexes"
+    elif vcpus is not None:
+        if not 1 <= vcpus <= MAX_VP_INDEX:
+            raise typer.BadParameter(f"--vcpus must be in 1..{MAX_VP_INDEX}, got {vcpus}")
+        vps = list(range(vcpus))
+        source = "--vcpus, identity"
+    try:
+        with file.open(encoding="utf-8", errors="replace") as f:
+            trace = parse_trace(f)
+    except OSError as err:
+        raise typer.BadParameter(f"cannot read {file}: {err.strerror}") from None
+    report = replay_trace(
+        trace,
+        names,
+        vp_indexes=vps,
+        map_source=source,
+        repeat=repeat,
+        target_ns=int(sample_ms * 1e6),
+    )
+    doc = {"file": str(file), **report.to_json()}
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        _render(Console(), file, doc)

@@ -1,0 +1,219 @@
+"""Sweep results as JSON (schema ``vpindex-bench/1``, documented in the README) and the five
+goals of issue 6 evaluated on them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from vpindex.lab.sweep import CellResult, SweepResult
+
+__all__ = ["SCHEMA", "Goal", "evaluate_goals", "machine_info", "sweep_to_json", "worst_adaptive"]
+
+SCHEMA: Final = "vpindex-bench/1"
+#: ``adaptive`` counts as "never meaningfully behind" within this factor of the best.
+ADAPTIVE_TOLERANCE: Final = 1.10
+#: "Grows with banks": at most this many ns per added 64-VP bank (a handful of word ops).
+SLOPE_PER_BANK_NS: Final = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """One goal: ``met`` is None when the sweep has no cell to judge it by."""
+
+    name: str
+    met: bool | None
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "met": self.met, "detail": self.detail}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _find(results: Iterable[CellResult], **want: object) -> list[CellResult]:
+    out = []
+    for r in results:
+        c = r.cell
+        if all(getattr(c, k) == v for k, v in want.items()):
+            out.append(r)
+    return out
+
+
+def worst_adaptive(results: Iterable[CellResult], limit: int = 10) -> list[CellResult]:
+    """The ``adaptive`` cells furthest from their group's best, worst first."""
+    mine = [r for r in results if r.cell.strategy == "adaptive"]
+    return sorted(mine, key=lambda r: r.ratio, reverse=True)[:limit]
+
+
+def _fmt_ns(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.0f} ns"
+
+
+def evaluate_goals(sweep: SweepResult) -> list[Goal]:
+    """The five goals of issue 6, judged on whatever cells ``sweep`` contains."""
+    res = sweep.results
+    goals = []
+    # 1. adaptive within 1.10x of the best everywhere.
+    mine = [r for r in res if r.cell.strategy == "adaptive"]
+    if mine and len({r.cell.strategy for r in res}) > 1:
+        behind = [r for r in mine if r.ratio > ADAPTIVE_TOLERANCE]
+        per_op: dict[str, tuple[int, int]] = {}
+        for r in mine:
+            op = r.cell.op
+            ok, total = per_op.get(op, (0, 0))
+            per_op[op] = (ok + (r.ratio <= ADAPTIVE_TOLERANCE), total + 1)
+        worst = max(mine, key=lambda r: r.ratio)
+        c = worst.cell
+        detail = (
+            f"{len(mine) - len(behind)}/{len(mine)} cells within {ADAPTIVE_TOLERANCE}x ("
+            + ", ".join(f"{op} {ok}/{total}" for op, (ok, total) in per_op.items())
+            + f"); worst {worst.ratio:.2f}x at {c.op} {c.mapping} N={c.n} targets={c.targets}"
+            + (f" {c.variant}" if c.variant else "")
+        )
+        goals.append(Goal("adaptive within 1.10x of the best in every cell", not behind, detail))
+    else:
+        goals.append(Goal("adaptive within 1.10x of the best in every cell", None, "no data"))
+    # 2. identity resolve grows with banks, not N: the marginal cost per 64-VP bank is a few
+    # nanoseconds (big-int words), against a per-vCPU loop's cost per vCPU.
+    parts, oks = [], []
+    for label in ("1", "all"):
+        rows = sorted(
+            (
+                r
+                for r in _find(res, op="resolve", mapping="identity", strategy="adaptive")
+                if r.cell.targets == label and r.cell.n >= 64
+            ),
+            key=lambda r: r.cell.n,
+        )
+        if len(rows) < 2:
+            continue
+        lo, hi = rows[0], rows[-1]
+        banks = (hi.cell.n - lo.cell.n) / 64
+        slope = (hi.timing.median - lo.timing.median) / banks
+        growth = hi.timing.median / lo.timing.median
+        oks.append(slope < SLOPE_PER_BANK_NS)
+        parts.append(
+            f"targets={label}: {_fmt_ns(lo.timing.median)} at N={lo.cell.n} -> "
+            f"{_fmt_ns(hi.timing.median)} at N={hi.cell.n} (x{growth:.1f} for x"
+            f"{hi.cell.n // lo.cell.n} N), {slope:.1f} ns per added bank"
+        )
+        walk = {
+            r.cell.n: r.timing.median
+            for r in _find(res, op="resolve", mapping="identity", strategy="walk")
+            if r.cell.targets == label
+        }
+        if lo.cell.n in walk and hi.cell.n in walk:
+            per_vcpu = (walk[hi.cell.n] - walk[lo.cell.n]) / (hi.cell.n - lo.cell.n)
+            parts[-1] += f" (walk: {per_vcpu:.1f} ns per added vCPU)"
+    goals.append(
+        Goal(
+            "identity resolve grows with banks, not N",
+            all(oks) if oks else None,
+            "; ".join(parts) or "no data",
+        )
+    )
+    # 3. N = 128, one target: adaptive >= 10x faster than scan.
+    parts, oks = [], []
+    for mapping in sweep.config.mappings:
+        a = _find(res, op="resolve", mapping=mapping, n=128, k=1, strategy="adaptive")
+        s = _find(res, op="resolve", mapping=mapping, n=128, k=1, strategy="scan")
+        if a and s:
+            f = s[0].timing.median / a[0].timing.median
+            oks.append(f >= 10)
+            parts.append(
+                f"{mapping}: scan {_fmt_ns(s[0].timing.median)} / adaptive "
+                f"{_fmt_ns(a[0].timing.median)} = {f:.1f}x"
+            )
+    goals.append(
+        Goal(
+            "N=128, one target: adaptive >= 10x faster than scan",
+            all(oks) if oks else None,
+            "; ".join(parts) or "no data",
+        )
+    )
+    # 4. memory.
+    parts, oks = [], []
+    for mapping in sweep.config.mappings:
+        mem = {m.strategy: m.nbytes for m in sweep.memory if (m.mapping, m.n) == (mapping, 8)}
+        if "adaptive" in mem and "dense" in mem:
+            f = mem["adaptive"] / mem["dense"]
+            oks.append(f <= 0.1)
+            parts.append(f"{mapping}: {mem['adaptive']} B vs {mem['dense']} B = {f:.3f}")
+    goals.append(
+        Goal(
+            "memory: adaptive at N=8 <= 1/10 of dense (max_vp_index 4096)",
+            all(oks) if oks else None,
+            "; ".join(parts) or "no data",
+        )
+    )
+    # 5. 128-target Ex flush via Partition.hypercall, slow, < 100 µs.
+    parts, oks = [], []
+    for mapping in sweep.config.mappings:
+        h = _find(
+            res,
+            op="hypercall",
+            mapping=mapping,
+            n=128,
+            k=128,
+            strategy="adaptive",
+            variant="flush-space/ex/slow",
+        )
+        if h:
+            oks.append(h[0].timing.median < 100_000)
+            parts.append(f"{mapping}: {_fmt_ns(h[0].timing.median)}")
+    goals.append(
+        Goal(
+            "128-target Ex flush (slow) through Partition.hypercall < 100 µs",
+            all(oks) if oks else None,
+            "; ".join(parts) or "no data",
+        )
+    )
+    return goals
+
+
+def sweep_to_json(sweep: SweepResult) -> dict[str, Any]:
+    """The ``vpindex bench --json`` document (README, "JSON schema of vpindex bench --json")."""
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "method": {
+            "timer": "time.perf_counter_ns",
+            "calibration": "loops doubled/estimated until one sample >= target_sample_ns",
+            "warmup_samples": 1,
+            "gc_disabled_during_samples": True,
+            "statistic": "median of repeats; q1/q3 (inclusive quartiles), min, max",
+        },
+        "config": sweep.config.to_json(),
+        "elapsed_s": round(sweep.elapsed_s, 2),
+        "results": [r.to_json() for r in sweep.results],
+        "memory": [m.to_json() for m in sweep.memory],
+        "goals": [g.to_json() for g in evaluate_goals(sweep)],
+    }
