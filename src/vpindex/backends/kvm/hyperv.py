@@ -17,6 +17,7 @@ guest never sees the changed CR4.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -52,7 +53,7 @@ _LEAF_FEATURES, _LEAF_TOPOLOGY, _LEAF_TOPOLOGY2 = 1, 0xB, 0x1F
 _ECX_X2APIC, _ECX_HYPERVISOR = 1 << 21, 1 << 31
 _APIC_ID_SHIFT = 24
 _FLUSH_WAIT_S: Final = 10.0
-_SERVICE_POLL_S: Final = 0.0005
+_STOP_POLL_S: Final = 0.05
 
 MSR_RANGE: Final = (SYNTHETIC_MSR_FIRST, SYNTHETIC_MSR_LAST - SYNTHETIC_MSR_FIRST + 1)
 
@@ -99,12 +100,14 @@ def flush_own_tlb(vcpu: Vcpu) -> None:
 
 
 class FlushLatch:
-    """Counts down as target vCPUs confirm their flush."""
+    """Counts down as target vCPUs confirm their flush. The waiting caller can also be poked
+    (woken without a count) when a flush request lands in its own mailbox."""
 
-    __slots__ = ("_cond", "remaining")
+    __slots__ = ("_cond", "_poked", "remaining")
 
     def __init__(self, count: int) -> None:
         self.remaining = count
+        self._poked = False
         self._cond = threading.Condition(threading.Lock())
 
     def done(self) -> None:
@@ -113,10 +116,17 @@ class FlushLatch:
             if self.remaining <= 0:
                 self._cond.notify_all()
 
-    def wait(self, timeout: float) -> bool:
+    def poke(self) -> None:
         with self._cond:
-            if self.remaining > 0:
+            self._poked = True
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until all confirmed, a poke, or ``timeout``; True when all confirmed."""
+        with self._cond:
+            if self.remaining > 0 and not self._poked:
                 self._cond.wait(timeout)
+            self._poked = False
             return self.remaining <= 0
 
 
@@ -144,15 +154,20 @@ class KvmPlatform:
         me = threads[caller]
         if caller in targets:
             me.flush_now()
-        waited = 0.0
-        while not latch.wait(_SERVICE_POLL_S):
-            me.service_mailbox()
-            waited += _SERVICE_POLL_S
-            if waited > _FLUSH_WAIT_S or self.machine.stopping:
-                raise KvmError(
-                    f"vCPU {caller}: {latch.remaining} flush target(s) did not respond "
-                    f"within {_FLUSH_WAIT_S} s"
-                )
+        deadline = time.monotonic() + _FLUSH_WAIT_S
+        me.waiting = latch
+        try:
+            while True:
+                me.service_mailbox()  # another vCPU may be flushing this one meanwhile
+                if latch.wait(_STOP_POLL_S):
+                    return
+                if time.monotonic() > deadline or self.machine.stopping:
+                    raise KvmError(
+                        f"vCPU {caller}: {latch.remaining} flush target(s) did not respond "
+                        f"within {_FLUSH_WAIT_S} s"
+                    )
+        finally:
+            me.waiting = None
 
     def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
         """Write the port-I/O stub at ``gpa`` (no in-kernel Hyper-V on this path)."""

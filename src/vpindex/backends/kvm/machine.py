@@ -84,6 +84,8 @@ class VcpuThread:
         self._latches: list[FlushLatch] = []
         self._pending = False
         self._reason = 0
+        #: the latch this vCPU waits on inside its own flush hypercall, if any
+        self.waiting: FlushLatch | None = None
         self.thread = threading.Thread(target=self._main, name=f"vcpu-{self.index}", daemon=True)
 
     # -- called from other threads ----------------------------------------------------------
@@ -103,6 +105,9 @@ class VcpuThread:
                 return
             self._latches.append(latch)
             self._pending = True
+        waiting = self.waiting
+        if waiting is not None:  # it is itself waiting for flushes: wake it to serve this one
+            waiting.poke()
         self.kick()
 
     # -- called on this vCPU's own thread ---------------------------------------------------
