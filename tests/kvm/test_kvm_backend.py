@@ -58,7 +58,8 @@ def test_ipi_scenario_exact_counts() -> None:
     assert all(
         c.details["count_mismatches"] == 0 for c in report.cases if "count_mismatches" in c.details
     )
-    assert report.extra["bare_exit_us"]["ipi"]["p50"] > 0
+    assert report.extra["latency_by_kind_us"]["bare_exit"]["count"] == 10
+    assert report.latency_us["count"] == report.calls == 100
 
 
 @pytest.mark.timeout(240)
@@ -80,8 +81,10 @@ def test_run_suite_all_report_shape() -> None:
     report = run_suite(scenario="all", iterations=3, timeout=180)
     assert report.ok and report.backend == "kvm" and report.vcpus == 3
     assert set(report.extra["scenarios"]) == {"ipi", "flush", "vpindex"}
-    assert report.latency_us["case_p50_median"] > 0
-    assert report.calls == 3 * 30
+    assert report.calls == 3 * 30 and report.latency_us["count"] == 90
+    kinds = report.extra["latency_by_kind_us"]
+    assert kinds["ipi"]["count"] == 30 and kinds["flush"]["count"] == 60
+    assert kinds["bare_exit"]["p50"] < kinds["ipi"]["p50"]
 
 
 def test_rejects_layout_without_selftest_vps() -> None:

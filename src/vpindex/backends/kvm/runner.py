@@ -46,12 +46,6 @@ def _check_layout(vcpus: int, vp_indexes: Sequence[int]) -> dict[int, int]:
     return vp_to_cpu
 
 
-def _bare_and_cases(report_cases: list[CaseResult], extra: dict[str, Any]) -> None:
-    bare = next((c for c in report_cases if c.name == "bare-exit"), None)
-    if bare is not None:
-        extra.setdefault("bare_exit_us", bare.details.get("latency_us", {}))
-
-
 def run_ipi(
     vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str, timeout: float
 ) -> tuple[list[CaseResult], dict[str, Any]]:
@@ -150,6 +144,7 @@ def _prefixed(prefix: str, c: CaseResult) -> CaseResult:
 def _machine_figures(sm: SuiteMachine) -> dict[str, Any]:
     m = sm.machine
     return {
+        "raw_us": sm.raw_us,
         "setup_s": round(m.setup_s, 4),
         "run_s": round(m.run_s, 4),
         "tsc_khz": m.tsc_khz,
@@ -176,7 +171,7 @@ def run_suite_impl(
     report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
     chosen = _SCENARIOS if scenario == "all" else (scenario,)
     deadline = time.perf_counter() + timeout
-    hypercall_us: list[float] = []
+    pools: dict[str, list[float]] = {"ipi": [], "flush": [], "bare_exit": []}
     for name in chosen:
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -190,44 +185,14 @@ def run_suite_impl(
         else:
             cases, figures = run_vpindex(vcpus, vps, strategy, left)
         report.cases.extend(cases)
+        for case_name, micros in figures.pop("raw_us").items():
+            if case_name == "bare-exit":
+                if name != "vpindex":
+                    pools["bare_exit"].extend(micros)
+            elif name == "ipi" or (name == "flush" and case_name.startswith("flush-")):
+                pools[name].extend(micros)
+                report.calls += len(micros)
         report.extra.setdefault("scenarios", {})[name] = figures
-        for c in cases:
-            lat = c.details.get("latency_us")
-            if lat and "bare-exit" in c.name:
-                report.extra.setdefault("bare_exit_us", {})[name] = lat
-            elif lat and "control" not in c.name and "cpl3" not in c.name:
-                report.calls += int(c.details.get("iterations", 0))
-                hypercall_us.append(lat["p50"])
-    report.latency_us = _merge(report.cases)
+    report.latency_us = percentiles(pools["ipi"] + pools["flush"])
+    report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items() if v}
     return report
-
-
-def _merge(cases: list[CaseResult]) -> dict[str, float]:
-    """Median-of-case figures: p50 over the per-case medians, max of per-case p99."""
-    meds = [
-        c.details["latency_us"]["p50"]
-        for c in cases
-        if "latency_us" in c.details
-        and c.details["latency_us"]
-        and "bare-exit" not in c.name
-        and "control" not in c.name
-        and "cpl3" not in c.name
-    ]
-    p99 = [
-        c.details["latency_us"]["p99"]
-        for c in cases
-        if "latency_us" in c.details
-        and c.details["latency_us"]
-        and "bare-exit" not in c.name
-        and "control" not in c.name
-        and "cpl3" not in c.name
-    ]
-    if not meds:
-        return {}
-    out = percentiles(meds)
-    return {
-        "case_p50_min": out["min"],
-        "case_p50_median": out["p50"],
-        "case_p50_max": out["max"],
-        "worst_p99": max(p99),
-    }

@@ -130,6 +130,8 @@ class SuiteMachine:
         )  # fmt: skip
         self.vp_indexes = list(vp_indexes)
         self.plans = list(plans)
+        #: guest-measured round trip of every call, in µs, per case name
+        self.raw_us: dict[str, list[float]] = {}
         m, labels = self.machine, self.program.labels
         mem = m.vm.memory
         m.load(layout.GUEST_LOAD_ADDRESS, self.program.code)
@@ -223,9 +225,11 @@ class SuiteMachine:
             stale, checked = stale_sum - stale_before, checked_sum - checked_before
             stale_before, checked_before = stale_sum, checked_sum
             samples = samples_all[k * plan.iterations : (k + 1) * plan.iterations]
+            micros = [c * us_per_cycle for c in samples]
+            self.raw_us[case.name] = micros
             details: dict[str, Any] = {
                 "iterations": plan.iterations,
-                "latency_us": percentiles([c * us_per_cycle for c in samples]),
+                "latency_us": percentiles(micros),
             }
             if case.kind in _ISSUES_HYPERCALL:
                 vmm = [next(served, 0.0) for _ in range(plan.iterations)]
