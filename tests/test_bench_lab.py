@@ -176,7 +176,7 @@ def test_sweep_json_schema() -> None:
     assert {
         "op", "mapping", "n", "targets", "k", "strategy", "variant", "loops", "calls_per_loop",
         "repeats", "median_ns", "q1_ns", "q3_ns", "min_ns", "max_ns", "samples_ns",
-        "ratio_to_best", "best",
+        "ratio_to_best", "ratio_min_to_best", "best",
     } == set(row)  # fmt: skip
     assert {r["op"] for r in doc["results"]} == {"resolve", "vcpu_of", "hypercall", "update"}
     assert set(doc["memory"][0]) == {"strategy", "mapping", "n", "max_vp_index", "nbytes"}
@@ -230,3 +230,15 @@ def test_cli_bench_quick_json_and_plot(tmp_path: Path) -> None:
 def test_cli_bench_rejects_bad_options(args: list[str]) -> None:
     result = CliRunner().invoke(app, ["bench", "--quick", *args])
     assert result.exit_code == 2
+
+
+def test_markdown_fill_keeps_prose() -> None:
+    from vpindex.lab.markdown import SECTIONS, fill
+
+    doc = sweep_to_json(run_sweep(_tiny()))
+    text = "intro\n<!-- BEGIN goals -->\nold\n<!-- END goals -->\nmiddle\n<!-- BEGIN x -->\nk\n<!-- END x -->\n"
+    out = fill(text, doc)
+    assert out.startswith("intro\n<!-- BEGIN goals -->\n| goal |") and "old" not in out
+    assert "middle\n<!-- BEGIN x -->\nk\n<!-- END x -->" in out
+    for render in SECTIONS.values():
+        assert isinstance(render(doc), str)

@@ -151,6 +151,8 @@ class CellResult:
     timing: Timing
     ratio: float = 1.0
     best: bool = False
+    #: min_ns / the group's smallest min_ns: the same comparison by the least-disturbed sample
+    ratio_min: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         c = self.cell
@@ -164,6 +166,7 @@ class CellResult:
             "variant": c.variant,
             **self.timing.to_json(),
             "ratio_to_best": round(self.ratio, 4),
+            "ratio_min_to_best": round(self.ratio_min, 4),
             "best": self.best,
         }
 
@@ -518,18 +521,24 @@ def memory_table(
 
 
 def rank(results: list[CellResult]) -> list[CellResult]:
-    """The results with ``ratio`` (median / best median of the group) and ``best`` filled in."""
+    """The results with ``ratio`` (median / best median of the group), ``best`` and
+    ``ratio_min`` (min / best min of the group) filled in."""
     best: dict[tuple[str, str, int, str, str], float] = {}
+    best_min: dict[tuple[str, str, int, str, str], float] = {}
     for r in results:
         key = group_key(r.cell)
-        med = r.timing.median
+        med, low = r.timing.median, r.timing.min
         if key not in best or med < best[key]:
             best[key] = med
+        if key not in best_min or low < best_min[key]:
+            best_min[key] = low
     out = []
     for r in results:
-        b = best[group_key(r.cell)]
+        key = group_key(r.cell)
+        b, bm = best[key], best_min[key]
         ratio = r.timing.median / b if b > 0 else 1.0
-        out.append(CellResult(r.cell, r.timing, ratio, r.timing.median == b))
+        ratio_min = r.timing.min / bm if bm > 0 else 1.0
+        out.append(CellResult(r.cell, r.timing, ratio, r.timing.median == b, ratio_min))
     return out
 
 
