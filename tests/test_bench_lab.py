@@ -236,7 +236,10 @@ def test_markdown_fill_keeps_prose() -> None:
     from vpindex.lab.markdown import SECTIONS, fill
 
     doc = sweep_to_json(run_sweep(_tiny()))
-    text = "intro\n<!-- BEGIN goals -->\nold\n<!-- END goals -->\nmiddle\n<!-- BEGIN x -->\nk\n<!-- END x -->\n"
+    text = (
+        "intro\n<!-- BEGIN goals -->\nold\n<!-- END goals -->\n"
+        "middle\n<!-- BEGIN x -->\nk\n<!-- END x -->\n"
+    )
     out = fill(text, doc)
     assert out.startswith("intro\n<!-- BEGIN goals -->\n| goal |") and "old" not in out
     assert "middle\n<!-- BEGIN x -->\nk\n<!-- END x -->" in out
