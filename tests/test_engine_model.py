@@ -264,3 +264,35 @@ def test_engine_agrees_with_reference_model(call, vp_of, granted, full_features)
             else:
                 assert not flush.full and flush.gvas == expected.gvas
         assert not any(p.vcpu(v).ipis for v in range(n))
+
+
+@settings(max_examples=150, deadline=None)
+@given(calls(), st.sets(st.sampled_from(["flush", "ex", "ipi", "xmm"])))
+def test_decode_hypercall_status_agrees_with_model(call, granted):
+    """engine.decode_hypercall (what ``vpindex decode`` uses) validates exactly as a call."""
+    from vpindex.abi import HvError
+    from vpindex.engine import GuestMemory, decode_hypercall
+
+    rcx, block, gpa = call
+    features = Features.HYPERCALL_MSRS
+    for name in granted:
+        features |= FEATURE_OF[name]
+    memory = GuestMemory.allocate(MEM)
+    if gpa >= 0 and gpa + len(block) <= MEM:
+        memory.write(gpa, block)
+    if rcx >> 16 & 1:
+        padded = block.ljust(112, b"\0")[:112]
+        rdx, r8 = struct.unpack_from("<QQ", padded)
+        xmm = padded[16:]
+    else:
+        rdx, r8, xmm = gpa, 0, bytes(96)
+    expected = model(rcx, rdx, r8, xmm, memory.read(0, MEM), granted, [0, 2, 65])
+    try:
+        decode_hypercall(rcx, rdx, r8, xmm, memory.view, features)
+    except GuestFault as fault:
+        assert expected == "ud" and fault.vector == 6
+        return
+    except HvError as err:
+        assert isinstance(expected, Outcome) and err.status == expected.status
+        return
+    assert isinstance(expected, Outcome) and expected.status == 0
