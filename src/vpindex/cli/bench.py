@@ -168,7 +168,10 @@ def bench(
         Path | None, typer.Option("--json", help="Write machine-readable results to FILE.")
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="Write log-log PNG plots: FILE.png plus FILE-<op>.png ...")
+        Path | None,
+        typer.Option(
+            help="Write log-log PNGs: FILE.png (resolve), FILE-vcpu_of.png, FILE-memory.png..."
+        ),
     ] = None,
     quick: Annotated[
         bool, typer.Option(help="Reduced grid (N in 8,128,1024; 3 encodings; short samples).")
