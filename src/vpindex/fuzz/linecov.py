@@ -41,7 +41,8 @@ def executable_lines(path: Path) -> set[int]:
     for _, _, line in code.co_lines():
         lines.discard(line or 0)
     for c in code.co_consts:
-        if isinstance(c, types.CodeType) and c.co_name[:1].isupper():
+        # class bodies and module-level comprehensions also run at import
+        if isinstance(c, types.CodeType) and (c.co_name[:1].isupper() or c.co_name[0] == "<"):
             for _, _, line in c.co_lines():
                 lines.discard(line or 0)
     return lines
