@@ -193,11 +193,11 @@ def flush_tlb(
 
     ``gvas`` is None for a whole-address-space flush, else the ranges to flush (a LIST call).
     ``address_space`` None means "all address spaces" (a kernel range). Returns None when the
-    set is empty (no call needed).
+    set or the list of ranges is empty (no call needed).
     """
     features = Features.all() if features is None else features
     vp_set = vcpus_by_vp if isinstance(vcpus_by_vp, VpSet) else VpSet.of(vcpus_by_vp)
-    if not vp_set:
+    if not vp_set or (gvas is not None and not gvas):
         return None
     flags = 0
     if address_space is None:
