@@ -59,7 +59,9 @@ def test_ipi_scenario_exact_counts() -> None:
         c.details["count_mismatches"] == 0 for c in report.cases if "count_mismatches" in c.details
     )
     assert report.extra["latency_by_kind_us"]["bare_exit"]["count"] == 10
-    assert report.latency_us["count"] == report.calls == 100
+    assert report.latency_us["count"] == report.calls == 200  # + 10 flush-to-halted cases
+    halted = [c for c in report.cases if c.name.startswith("flush-to-halted/")]
+    assert len(halted) == 10 and all(c.passed for c in halted)
 
 
 @pytest.mark.timeout(240)
@@ -81,9 +83,10 @@ def test_run_suite_all_report_shape() -> None:
     report = run_suite(scenario="all", iterations=3, timeout=180)
     assert report.ok and report.backend == "kvm" and report.vcpus == 3
     assert set(report.extra["scenarios"]) == {"ipi", "flush", "vpindex"}
-    assert report.calls == 3 * 30 and report.latency_us["count"] == 90
+    assert report.calls == 3 * 40 and report.latency_us["count"] == 120
     kinds = report.extra["latency_by_kind_us"]
     assert kinds["ipi"]["count"] == 30 and kinds["flush"]["count"] == 60
+    assert kinds["flush_to_halted"]["count"] == 30
     assert kinds["bare_exit"]["p50"] < kinds["ipi"]["p50"]
 
 

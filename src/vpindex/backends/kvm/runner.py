@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vpindex.backends.kvm.errors import KvmError
-from vpindex.backends.kvm.guests.suite import Kind, PerCpu
+from vpindex.backends.kvm.guests.suite import Kind, Map, PerCpu
 from vpindex.backends.kvm.suite import (
     CaseSpec,
     SenderPlan,
@@ -15,9 +15,10 @@ from vpindex.backends.kvm.suite import (
     _flush_cases,
     _ipi_cases,
     bare_case,
+    expected_rax,
 )
 from vpindex.backends.report import CaseResult, RunReport, percentiles
-from vpindex.backends.scenarios import SELFTEST_VP_INDEXES
+from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, flush_scenarios
 
 __all__ = ["default_vp_indexes", "run_flush", "run_ipi", "run_suite_impl", "run_vpindex"]
 
@@ -49,10 +50,13 @@ def _check_layout(vcpus: int, vp_indexes: Sequence[int]) -> dict[int, int]:
 def run_ipi(
     vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str, timeout: float
 ) -> tuple[list[CaseResult], dict[str, Any]]:
-    """IPI scenario: vCPU 0 sends, every other vCPU idles in HLT and counts vector 0xfe."""
+    """IPI scenario: vCPU 0 sends, every other vCPU idles in HLT and counts vector 0xfe. The
+    same VM also times the SPACE flush calls against these halted vCPUs
+    (``flush-to-halted/...``): remote-flush latency without the flush scenario's CPL3 workers
+    competing for host CPUs (checked: RAX; staleness is the flush scenario's job)."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     everyone = frozenset(range(vcpus))
-    cases = [bare_case(), *_ipi_cases(vp_to_cpu, everyone)]
+    cases = [bare_case(), *_ipi_cases(vp_to_cpu, everyone), *_flush_to_halted_cases()]
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
     roles = ["sender"] + ["idle"] * (vcpus - 1)
     sm = SuiteMachine(
@@ -60,7 +64,10 @@ def run_ipi(
     )
     try:
         sm.run(timeout)
-        results = [_prefixed("ipi/", c) for c in sm.case_results(plan)]
+        results = [
+            c if c.name.startswith(HALTED_PREFIX) else _prefixed("ipi/", c)
+            for c in sm.case_results(plan)
+        ]
         # Cross-check the guest's counts against the engine's record of deliveries.
         engine_ipis = {i: len(sm.machine.partition.vcpu(i).ipis) for i in range(vcpus)}
         expected = {i: iterations * sum(1 for c in cases if i in c.targets) for i in range(vcpus)}
@@ -136,6 +143,18 @@ def run_vpindex(
         sm.close()
 
 
+HALTED_PREFIX = "flush-to-halted/"
+
+
+def _flush_to_halted_cases() -> list[CaseSpec]:
+    return [
+        CaseSpec(HALTED_PREFIX + sc.name, Kind.CALL_ONLY, sc.call, frozenset(),
+                 expected_rax(sc.call))
+        for sc in flush_scenarios(Map.TEST_VA)
+        if sc.name.startswith("flush-space/")
+    ]  # fmt: skip
+
+
 def _prefixed(prefix: str, c: CaseResult) -> CaseResult:
     name = c.name if c.name.startswith(prefix) else prefix + c.name
     return CaseResult(name, c.passed, c.details)
@@ -171,7 +190,9 @@ def run_suite_impl(
     report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
     chosen = _SCENARIOS if scenario == "all" else (scenario,)
     deadline = time.perf_counter() + timeout
-    pools: dict[str, list[float]] = {"ipi": [], "flush": [], "bare_exit": []}
+    pools: dict[str, list[float]] = {
+        "ipi": [], "flush": [], "flush_to_halted": [], "bare_exit": []
+    }  # fmt: skip
     for name in chosen:
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -189,10 +210,13 @@ def run_suite_impl(
             if case_name == "bare-exit":
                 if name != "vpindex":
                     pools["bare_exit"].extend(micros)
+            elif case_name.startswith(HALTED_PREFIX):
+                pools["flush_to_halted"].extend(micros)
+                report.calls += len(micros)
             elif name == "ipi" or (name == "flush" and case_name.startswith("flush-")):
                 pools[name].extend(micros)
                 report.calls += len(micros)
         report.extra.setdefault("scenarios", {})[name] = figures
-    report.latency_us = percentiles(pools["ipi"] + pools["flush"])
+    report.latency_us = percentiles(pools["ipi"] + pools["flush"] + pools["flush_to_halted"])
     report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items() if v}
     return report
