@@ -403,3 +403,41 @@ def test_readers_never_see_a_torn_map(name: str) -> None:
         sys.setswitchinterval(old)
     assert not errors, errors[:3]
     assert m.mapping() in published
+
+
+# -- every resolve path, at sizes hypothesis does not reach -----------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("n", "kind"),
+    [
+        (1, "sparse"),
+        (8, "sparse"),
+        (40, "shuffled"),
+        (300, "sparse"),
+        (700, "shuffled"),
+        (4096, "shuffled"),
+    ],
+)
+def test_paths_at_scale(name: str, n: int, kind: str) -> None:
+    """Sizes from one member to all, for maps whose walk renders bits or bytes, and the
+    adaptive map's every branch (peel, lookup, lookup of hits, walk, all held)."""
+    if name == "scan" and n > 1000:
+        pytest.skip("scan is O(k * n) per resolve")
+    rng = random.Random(f"{name}/{n}/{kind}")
+    values = rng.sample(range(MAX_VP_INDEX), n) if kind == "sparse" else rng.sample(range(n), n)
+    ref = dict(enumerate(values))
+    m = make_map(name, n)
+    m.assign(ref)
+    held = sorted(values)
+    sizes = sorted(k for k in {1, 2, 3, 12, 13, 40, n // 8, n // 4, n // 2, n - 1, n} if 0 < k <= n)
+    for k in sizes:
+        picked = rng.sample(held, k)
+        noise = rng.sample(range(MAX_VP_INDEX), min(k, 20))
+        for vpset in (VpSet.of(picked), VpSet.of(picked + noise)):
+            assert m.resolve(vpset) == naive_resolve(ref, vpset), (k, vpset)
+    ident = make_map(name, n)
+    for k in sizes:
+        vpset = VpSet.of([*rng.sample(range(n), k), MAX_VP_INDEX - 1])
+        assert ident.resolve(vpset) == naive_resolve({i: i for i in range(n)}, vpset)

@@ -1,84 +1,148 @@
-"""``adaptive``: the default map. Int-bitmask arithmetic for the identity map, otherwise a
-per-member dict lookup or a walk, chosen per call by the set's size."""
+"""``adaptive``: the default map. Int-bitmask arithmetic for the identity map; otherwise a
+per-member dict lookup or a C-speed walk of the vCPUs, whichever a small cost model says is
+cheaper for this set's size and width."""
 
 from __future__ import annotations
 
-from itertools import compress
 from typing import Final
 
 from vpindex.abi.bits import set_bits
-from vpindex.abi.vpset import VpSet
-from vpindex.vpmap.base import MapBase, Snapshot, walk_table
+from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
+from vpindex.vpmap.base import MapBase, Snapshot, Walker
 
-__all__ = ["AdaptiveMap"]
+__all__ = ["PEEL_LIMIT", "AdaptiveMap", "lookup_cost"]
 
+_EMPTY: Final[frozenset[int]] = frozenset()
 _NONE: Final = frozenset({None})
 
-#: Walk instead of per-member lookups when hits * WALK_RATIO > n (measured; docs/DESIGN.md).
-WALK_RATIO: Final = 2
+#: Sets of at most this many members are peeled here, bit by bit (as abi.set_bits would).
+PEEL_LIMIT: Final = 12
+
+# Per-member lookup costs, ns on the reference machine (docs/DESIGN.md, "The adaptive map").
+_PEEL_FIXED: Final = 300
+_PEEL_PER_MEMBER: Final = 170  # plus w / 16 per member: each step works on the whole w-bit int
+_WORDS_FIXED: Final = 5000  # set_bits' word path (wide, sparse ints)
+_WORDS_PER_MEMBER: Final = 270
+_FLAT_FIXED: Final = 1000  # set_bits' rendering path (dense ints)
+_FLAT_PER_BIT: Final = 12
+_FLAT_PER_MEMBER: Final = 70
+
+
+def lookup_cost(k: int, w: int) -> int:
+    """Estimated ns to look up ``k`` members of a set whose int is ``w`` bits wide: extracting
+    the members (three regimes, as in :func:`vpindex.abi.bits.set_bits`) plus one dict lookup
+    each. O(1)."""
+    if k <= PEEL_LIMIT:
+        return _PEEL_FIXED + k * (_PEEL_PER_MEMBER + (w >> 4))
+    if w > 256 and 8 * k < w:
+        return _WORDS_FIXED + _WORDS_PER_MEMBER * k
+    return _FLAT_FIXED + _FLAT_PER_BIT * w + _FLAT_PER_MEMBER * k
 
 
 class AdaptiveSnapshot(Snapshot):
     """``vp_of`` plus: ``identity`` (every VP index equals its vCPU index), ``full`` (the mask
-    of all vCPUs), ``vcpu_at`` (dict VP index -> vCPU), ``held`` (mask of the VP indexes held),
-    and the walk's ``width``/``positions`` (see :class:`~vpindex.vpmap.walk.WalkSnapshot`)."""
+    of all vCPUs), ``vcpu_at`` (dict VP index -> vCPU), ``held`` (the mask of the VP indexes
+    held), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``lookup_below``: sets with
+    fewer members are looked up without further thought (even at the widest, 4096 bits, a
+    lookup of that many costs less than the walk)."""
 
-    __slots__ = ("full", "held", "identity", "positions", "vcpu_at", "width")
+    __slots__ = ("full", "held", "identity", "lookup_below", "vcpu_at", "walker")
 
-    def __init__(self, vp_of: tuple[int, ...]) -> None:
+    def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
         super().__init__(vp_of)
         n = len(vp_of)
         self.full = (1 << n) - 1
-        self.identity = vp_of == tuple(range(n))
-        self.vcpu_at = {vp: vcpu for vcpu, vp in enumerate(vp_of)}
-        held = 0
+        self.identity = vp_of == vcpus
+        self.vcpu_at = dict(zip(vp_of, vcpus, strict=True))
+        raw = bytearray((max(vp_of) >> 3) + 1)
         for vp in vp_of:
-            held |= 1 << vp
-        self.held = held
-        self.width = max(vp_of) + 1
-        self.positions = tuple(self.width - vp for vp in vp_of)
+            raw[vp >> 3] |= 1 << (vp & 7)
+        self.held = int.from_bytes(raw, "little")
+        self.walker = Walker(vp_of, vcpus)
+        below = 2
+        while below < n and lookup_cost(below, MAX_VP_INDEX) < self.walker.cost:
+            below += 1
+        self.lookup_below = below
 
 
 class AdaptiveMap(MapBase[AdaptiveSnapshot]):
-    """The default map; see docs/DESIGN.md, "The adaptive map".
+    """The default map; see docs/DESIGN.md, "The adaptive map". Memory O(n).
 
-    * Identity map: the set's int *is* the vCPU mask. ``mask <= full`` means every member is a
-      vCPU, so the answer is the set's own (cached) member tuple; otherwise one ``&``.
-      A set covering every vCPU returns the shared all-vCPUs frozenset: O(1) beyond the ``&``.
-    * Otherwise ``hits = mask & held`` (one int AND) says which members some vCPU holds.
-      All held -> the all-vCPUs frozenset. Few hits -> ``map(dict.__getitem__, hits)``, O(k).
-      Many hits (``hits * WALK_RATIO > n``) -> the C-speed walk of every vCPU, O(n + W).
-    * ``vcpu_of`` is one ``dict.get``.
+    ``resolve`` takes the set's int (``vpset.mask``) and, by case:
 
-    Costs: ``resolve`` O(min(k, n) + banks), ``vcpu_of`` O(1), update O(n), memory O(n)
-    (a dict and two tuples of n entries, one int of <= 4096 bits).
+    * **Identity map** (every VP index is its vCPU index): the int *is* the vCPU mask. One
+      ``&`` drops members >= n; a set covering every vCPU returns the shared all-vCPUs
+      frozenset; one member is ``bit_length() - 1``; up to ``PEEL_LIMIT`` members are peeled
+      with ``m & -m``; more go through ``set_bits``. O(banks + k): the cost follows the set's
+      64-bit banks, not n.
+    * **One member** (any map): one ``bit_length()`` and one dict lookup.
+    * **Small sets** (fewer than the snapshot's ``lookup_below`` members): per-member lookup,
+      ``frozenset(map(dict.get, members))``. O(k).
+    * **Larger sets**: ``hits = mask & held`` keeps the members some vCPU holds; all held ->
+      the all-vCPUs frozenset (O(banks)); otherwise per-member lookup of the hits if
+      :func:`lookup_cost` is below the walk's cost, else walk every vCPU (``Walker``, O(n + W)).
+
+    Why the choice by size: a lookup costs per member (extracting it from the int, then a dict
+    lookup), a walk costs per vCPU (at C speed) plus the set's width. Measured crossover: about
+    k = n/4 for a dense mapping; for n vCPUs spread over 4096 VP indexes extraction is dearer,
+    so the walk wins from about n/8, and for n <= ~64 from a handful of members.
+
+    ``vcpu_of`` is one ``dict.get``. Costs: ``resolve`` O(banks + min(k, n + W)), ``vcpu_of``
+    O(1), update O(n), memory O(n) (a dict and two tuples of n entries, an ``itemgetter``, one
+    int of at most 4096 bits).
     """
 
     __slots__ = ()
 
     def _build(self, vp_of: tuple[int, ...]) -> AdaptiveSnapshot:
-        return AdaptiveSnapshot(vp_of)
+        return AdaptiveSnapshot(vp_of, self._vcpus)
 
     def vcpu_of(self, vp_index: int) -> int | None:
         """O(1): one dict lookup."""
         return self._snap.vcpu_at.get(vp_index)
 
     def resolve(self, vpset: VpSet) -> frozenset[int]:
-        """O(min(k, n) + banks); see the class docstring for the choice."""
+        """O(banks + min(k, n + W)); see the class docstring for the choice."""
         snap = self._snap
         mask = vpset.mask
         if snap.identity:
             full = snap.full
-            if mask <= full:
-                return self._all_vcpus if mask == full else frozenset(vpset.members())
-            mask &= full
-            return self._all_vcpus if mask == full else frozenset(set_bits(mask))
+            if mask > full:
+                mask &= full
+            if mask == full:
+                return self._all_vcpus
+            k = mask.bit_count()
+            if k > PEEL_LIMIT:
+                return frozenset(set_bits(mask))
+            if k == 1:
+                return frozenset((mask.bit_length() - 1,))
+            members = []
+            while mask:
+                low = mask & -mask
+                members.append(low.bit_length() - 1)
+                mask ^= low
+            return frozenset(members)
+        k = mask.bit_count()
+        if k <= 1:
+            vcpu = snap.vcpu_at.get(mask.bit_length() - 1)
+            return _EMPTY if vcpu is None else frozenset((vcpu,))
+        if k < snap.lookup_below:
+            if k > PEEL_LIMIT:
+                found = frozenset(map(snap.vcpu_at.get, set_bits(mask)))
+            else:
+                members = []
+                while mask:
+                    low = mask & -mask
+                    members.append(low.bit_length() - 1)
+                    mask ^= low
+                found = frozenset(map(snap.vcpu_at.get, members))
+            return found - _NONE if None in found else found  # type: ignore[return-value]
         held = snap.held
         hits = mask & held
         if hits == held:
             return self._all_vcpus
-        if hits.bit_count() * WALK_RATIO > self._n:
-            table = walk_table(hits, snap.width)
-            return frozenset(compress(self._vcpus, map(table.__getitem__, snap.positions)))
-        members = vpset.members() if hits == mask else set_bits(hits)
-        return frozenset(map(snap.vcpu_at.__getitem__, members))
+        if hits != mask:
+            k = hits.bit_count()
+        if lookup_cost(k, hits.bit_length()) < snap.walker.cost:
+            return frozenset(map(snap.vcpu_at.__getitem__, set_bits(hits)))
+        return snap.walker(hits)

@@ -16,7 +16,8 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from operator import itemgetter
+from itertools import compress
+from operator import and_, itemgetter
 from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 
 from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
@@ -26,6 +27,7 @@ __all__ = [
     "Snapshot",
     "VpIndexError",
     "VpIndexMap",
+    "Walker",
     "check_dimensions",
     "owned_nbytes",
     "walk_table",
@@ -166,15 +168,71 @@ def _updated(
 
 _ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
 
+# Walk costs, in ns on the reference machine (docs/DESIGN.md): rendering a set's int as a bit
+# table with bin() costs per bit of the table; reading every vCPU's flag costs per vCPU.
+_BIT_WALK_FIXED: Final = 1000
+_BIT_WALK_PER_BIT: Final = 2
+_BIT_WALK_PER_VCPU: Final = 32
+_BYTE_WALK_FIXED: Final = 800
+_BYTE_WALK_PER_VCPU: Final = 60
+
 
 def walk_table(mask: int, width: int) -> bytes:
-    """Bits ``0 .. width-1`` of ``mask`` as a *reversed* 0/1 table: byte ``width - i`` is bit i.
+    """Bits ``0 .. width-1`` of ``mask`` as a 0/1 byte table, most significant first.
 
-    Byte 0 is a sentinel (always 1). Index it at ``width - vp``: a walk precomputes those
-    positions once per snapshot, so no reversal copy is needed per call. O(width) at C speed.
+    Bit ``vp`` sits at byte ``width + 2 - vp``: the table is ``bin()`` of the masked int with a
+    sentinel top bit (its length is fixed by ``width``; no reversal copy). O(width), C speed.
     """
     top = 1 << width
-    return format(mask & (top - 1) | top, "b").encode("ascii").translate(_ASCII_TO_BIT)
+    return bin(mask & (top - 1) | top).encode("ascii").translate(_ASCII_TO_BIT)
+
+
+class Walker:
+    """Tests every vCPU's VP index for membership in a set, with the loop in C.
+
+    Two renderings of the set, chosen per map by estimated cost (``cost``, ns):
+
+    * bit table: ``walk_table`` (``bin()`` + ``translate``, O(W) for W = largest VP index + 1),
+      then one ``itemgetter`` call reads each vCPU's 0/1 byte;
+    * byte table: ``mask.to_bytes`` (O(W / 8)), one ``itemgetter`` call reads each vCPU's byte,
+      ``map(operator.and_, ...)`` tests its bit. Dearer per vCPU, but no per-bit rendering:
+      it wins when a few vCPUs hold VP indexes spread over a wide range.
+
+    ``walker(mask)`` is then ``frozenset(compress(vcpus, flags))``: O(n + W) (or O(n + W/8)).
+    """
+
+    __slots__ = ("_bits", "_getter", "_size", "_vcpus", "cost")
+
+    def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
+        n = len(vp_of)
+        width = max(vp_of) + 1
+        bit_cost = _BIT_WALK_FIXED + _BIT_WALK_PER_BIT * width + _BIT_WALK_PER_VCPU * n
+        byte_cost = _BYTE_WALK_FIXED + _BYTE_WALK_PER_VCPU * n
+        self._vcpus = vcpus
+        self._bits: tuple[int, ...] | None
+        if byte_cost < bit_cost:
+            self.cost = byte_cost
+            self._size = (width + 7) >> 3
+            positions = [vp >> 3 for vp in vp_of]
+            self._bits = tuple(1 << (vp & 7) for vp in vp_of)
+        else:
+            self.cost = bit_cost
+            self._size = width
+            positions = [width + 2 - vp for vp in vp_of]
+            self._bits = None
+        if n == 1:  # itemgetter of one item returns the item, not a tuple
+            positions.append(positions[0])
+        self._getter = itemgetter(*positions)
+
+    def __call__(self, mask: int) -> frozenset[int]:
+        """The vCPUs whose VP index is in ``mask``."""
+        bits = self._bits
+        if bits is None:
+            flags = self._getter(walk_table(mask, self._size))
+            return frozenset(compress(self._vcpus, flags))
+        size = self._size
+        raw = (mask & ((1 << (size << 3)) - 1)).to_bytes(size, "little")
+        return frozenset(compress(self._vcpus, map(and_, self._getter(raw), bits)))
 
 
 def owned_nbytes(*objects: object) -> int:
@@ -204,7 +262,7 @@ def owned_nbytes(*objects: object) -> int:
             items = obj.__reduce__()[1]
             total += sys.getsizeof(items)
             stack.extend(items)
-        elif isinstance(obj, Snapshot):
+        elif isinstance(obj, (Snapshot, Walker)):
             stack.extend(getattr(obj, slot) for slot in _slots(type(obj)))
     return total
 
@@ -245,9 +303,10 @@ class MapBase(ABC, Generic[S]):
         check_dimensions(n_vcpus, max_vp_index)
         self._n = n_vcpus
         self._max_vp_index = max_vp_index
+        #: The vCPU indexes as ready-made ints: results pick from them and allocate no ints.
+        self._vcpus = tuple(range(n_vcpus))
         #: resolve(VpSet.all()) and any set covering every vCPU: built once, shared (immutable).
-        self._all_vcpus = frozenset(range(n_vcpus))
-        self._vcpus = range(n_vcpus)
+        self._all_vcpus = frozenset(self._vcpus)
         self._write_lock = threading.Lock()
         self._snap = self._build(tuple(range(n_vcpus)))
 
@@ -296,7 +355,7 @@ class MapBase(ABC, Generic[S]):
 
     def nbytes(self) -> int:
         """See :meth:`VpIndexMap.nbytes`: the snapshot and the all-vCPUs set."""
-        return owned_nbytes(self._snap, self._all_vcpus)
+        return owned_nbytes(self._snap, self._all_vcpus, self._vcpus)
 
     def __len__(self) -> int:
         return self._n

@@ -53,8 +53,9 @@ class DenseMap(MapBase[DenseSnapshot]):
             return self._all_vcpus
         mask = vpset.mask
         limit = self._max_vp_index
-        members = vpset.members() if mask >> limit == 0 else set_bits(mask & ((1 << limit) - 1))
-        found = frozenset(map(self._snap.vcpu_at.__getitem__, members))
+        if mask.bit_length() > limit:
+            mask &= (1 << limit) - 1
+        found = frozenset(map(self._snap.vcpu_at.__getitem__, set_bits(mask)))
         if None in found:
             return found - _NONE  # type: ignore[return-value]
         return found  # type: ignore[return-value]

@@ -3,11 +3,9 @@ their vCPU index; while the count is 0 a set's bits *are* the vCPUs, otherwise w
 
 from __future__ import annotations
 
-from itertools import compress
-
 from vpindex.abi.bits import set_bits
 from vpindex.abi.vpset import VpSet
-from vpindex.vpmap.base import MapBase, walk_table
+from vpindex.vpmap.base import MapBase
 from vpindex.vpmap.walk import WalkSnapshot
 
 __all__ = ["MismatchMap"]
@@ -19,8 +17,8 @@ class MismatchSnapshot(WalkSnapshot):
 
     __slots__ = ("full", "mismatched")
 
-    def __init__(self, vp_of: tuple[int, ...]) -> None:
-        super().__init__(vp_of)
+    def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
+        super().__init__(vp_of, vcpus)
         self.mismatched = sum(vp != vcpu for vcpu, vp in enumerate(vp_of))
         self.full = (1 << len(vp_of)) - 1
 
@@ -41,7 +39,7 @@ class MismatchMap(MapBase[MismatchSnapshot]):
     __slots__ = ()
 
     def _build(self, vp_of: tuple[int, ...]) -> MismatchSnapshot:
-        return MismatchSnapshot(vp_of)
+        return MismatchSnapshot(vp_of, self._vcpus)
 
     def vcpu_of(self, vp_index: int) -> int | None:
         """O(1) while the map is the identity; else probe vCPU ``vp_index``, then scan (O(n))."""
@@ -61,9 +59,7 @@ class MismatchMap(MapBase[MismatchSnapshot]):
         mask = vpset.mask
         if snap.mismatched == 0:
             full = snap.full
-            if mask <= full:  # every member is a vCPU index
-                return self._all_vcpus if mask == full else frozenset(vpset.members())
-            mask &= full
+            if mask > full:  # some members are not vCPU indexes
+                mask &= full
             return self._all_vcpus if mask == full else frozenset(set_bits(mask))
-        table = walk_table(mask, snap.width)
-        return frozenset(compress(self._vcpus, map(table.__getitem__, snap.positions)))
+        return snap.walker(mask)

@@ -7,6 +7,7 @@ from bisect import bisect_left
 from itertools import compress, repeat
 from operator import eq
 
+from vpindex.abi.bits import set_bits
 from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
 from vpindex.vpmap.base import MapBase, Snapshot
 
@@ -56,7 +57,7 @@ class SortedMap(MapBase[SortedSnapshot]):
             return self._all_vcpus
         snap = self._snap
         keys = snap.keys
-        members = vpset.members()
+        members = set_bits(vpset.mask)
         slots = list(map(bisect_left, repeat(keys), members))
         found = map(eq, map(keys.__getitem__, slots), members)
         return frozenset(compress(map(snap.vcpus.__getitem__, slots), found))  # type: ignore[arg-type]
