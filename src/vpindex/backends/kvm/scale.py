@@ -87,7 +87,7 @@ def _plans(vcpus: int, calls: int) -> list[SenderPlan]:
     )
     return [
         SenderPlan(0, ipi_cases, list(range(vcpus)), calls),
-        SenderPlan(1, flush_cases, [], calls),
+        SenderPlan(1, flush_cases, list(range(vcpus)), calls),  # watch = wait for boot
     ]
 
 
@@ -128,12 +128,16 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
         watcher.join(1.0)
     try:
         report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
-        samples: list[float] = []
         for plan in plans:
             for c in sm.case_results(plan):
                 report.cases.append(c)
                 report.calls += calls
-                samples.append(c.details["latency_us"]["p50"])
+        pools: dict[str, list[float]] = {"ipi": [], "flush_sparse": [], "flush_all": []}
+        for name, micros in sm.raw_us.items():
+            kind = (
+                "ipi" if "/ipi-" in name else "flush_all" if "set-all" in name else ("flush_sparse")
+            )
+            pools[kind].extend(micros)
         m = sm.machine
         engine_ipis = sum(len(m.partition.vcpu(i).ipis) for i in range(vcpus))
         want = calls * sum(len(c.targets) for c in plans[0].cases)
@@ -146,7 +150,8 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
         )
         vp_ok = all(sm.percpu(i, PerCpu.VP_READ) == scale_vp_index(i) for i in range(vcpus))
         report.cases.append(CaseResult("scale/vp-index-rdmsr", vp_ok, {"vcpus": vcpus}))
-        report.latency_us = percentiles(samples)
+        report.latency_us = percentiles([x for v in pools.values() for x in v])
+        report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items()}
         report.extra.update({
             "startup_s": {"create_vm_and_vcpus": round(created, 4),
                           "all_vcpus_booted": round(boot[0], 4) if boot else None},
