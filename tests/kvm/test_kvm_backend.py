@@ -185,3 +185,10 @@ def test_runs_from_a_non_main_thread(hello_image: Path) -> None:
     t.start()
     t.join(30)
     assert not t.is_alive() and out and getattr(out[0], "failed", 1) == 0
+
+
+def test_bad_vp_indexes_are_rejected_before_running(hello_image: Path) -> None:
+    with pytest.raises(ValueError):
+        run_guest(str(hello_image), vcpus=2, vp_indexes=[7, 7])
+    with pytest.raises(ValueError):
+        run_guest(str(hello_image), vcpus=1, vp_indexes=[4096])

@@ -293,36 +293,43 @@ class Machine:
         t0 = time.perf_counter()
         _install_kick_handler()
         self.kvm = Kvm()
-        self.kvm.check_required()
-        max_vcpus = self.kvm.max_vcpus()
-        if max_vcpus and vcpus > max_vcpus:
-            raise KvmError(f"/dev/kvm supports at most {max_vcpus} vCPUs per VM, asked {vcpus}")
-        self.vm = Vm(self.kvm, memory_size)
-        self.vm.create_irqchip()
-        self.vm.enable_x2apic_ids()
-        self.vm.route_msrs_to_userspace(*MSR_RANGE)
-        self.platform = KvmPlatform(self)
-        self.partition = Partition(
-            vcpus,
-            memory=self.vm.memory,
-            features=features,
-            strategy=strategy,
-            platform=self.platform,
-        )
-        if vp_indexes:
-            self.partition.assign_vp_indexes(dict(vp_indexes))
-        layout.write_tables(self.vm.memory, window_pages or {})
-        supported = self.kvm.supported_cpuid()
-        mmap_size = self.kvm.vcpu_mmap_size()
         self.vcpus: list[Vcpu] = []
-        for i in range(vcpus):
-            v = Vcpu(self.vm, i, mmap_size)
-            self.vcpus.append(v)
-            v.set_cpuid(guest_cpuid(supported, self.partition, i))
-            v.set_sregs(layout.long_mode_sregs(v.get_sregs(), i))
-            if i:
-                v.set_mp_state(MpState.RUNNABLE)
-            self.set_entry(i, layout.GUEST_LOAD_ADDRESS)
+        try:
+            self.kvm.check_required()
+            max_vcpus = self.kvm.max_vcpus()
+            if max_vcpus and vcpus > max_vcpus:
+                raise KvmError(f"/dev/kvm supports at most {max_vcpus} vCPUs per VM, asked {vcpus}")
+            self.vm = Vm(self.kvm, memory_size)
+            self.vm.create_irqchip()
+            self.vm.enable_x2apic_ids()
+            self.vm.route_msrs_to_userspace(*MSR_RANGE)
+            self.platform = KvmPlatform(self)
+            self.partition = Partition(
+                vcpus,
+                memory=self.vm.memory,
+                features=features,
+                strategy=strategy,
+                platform=self.platform,
+            )
+            if vp_indexes:
+                self.partition.assign_vp_indexes(dict(vp_indexes))
+            layout.write_tables(self.vm.memory, window_pages or {})
+            supported = self.kvm.supported_cpuid()
+            mmap_size = self.kvm.vcpu_mmap_size()
+            for i in range(vcpus):
+                v = Vcpu(self.vm, i, mmap_size)
+                self.vcpus.append(v)
+                v.set_cpuid(guest_cpuid(supported, self.partition, i))
+                v.set_sregs(layout.long_mode_sregs(v.get_sregs(), i))
+                if i:
+                    v.set_mp_state(MpState.RUNNABLE)
+                self.set_entry(i, layout.GUEST_LOAD_ADDRESS)
+        except OSError as e:
+            self._close_partial()
+            raise KvmError(f"VM setup failed: {e}") from None
+        except BaseException:
+            self._close_partial()
+            raise
         self.threads = [VcpuThread(self, v) for v in self.vcpus]
         self.tsc_khz = self.vcpus[0].tsc_khz()
         self.stopping = False
@@ -400,6 +407,14 @@ class Machine:
         alive = [t.index for t in self.threads if t.thread.is_alive()]
         if alive:
             raise KvmError(f"vCPU thread(s) {_ranges(alive)} did not stop")
+
+    def _close_partial(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        vm = self.__dict__.get("vm")
+        if vm is not None:
+            vm.close()
+        self.kvm.close()
 
     def close(self) -> None:
         """Release vCPUs, the VM and /dev/kvm (after :meth:`run`)."""
