@@ -530,3 +530,36 @@ def test_fault_vectors_are_ud_or_gp() -> None:
         p.write_msr(0, 0x40000002, 1)
     assert info.value.vector == 13
     assert replace(Case(rcx=0), enabled=False).enabled is False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open finding 2 (docs/SECURITY.md): VcpuState.flushes keeps every applied flush with "
+    "its expanded pages (and a VMM platform expands per target), so retained memory grows "
+    "~n x 144 KiB per hostile call",
+)
+def test_effect_records_are_bounded() -> None:
+    """30 one-entry, 4096-page LIST flushes to all 8 vCPUs on a VMM platform must not leave
+    more than 4 MiB allocated (today: about 34 MiB)."""
+    import gc
+    import tracemalloc
+
+    from vpindex.fuzz.oracle import RecordingPlatform
+
+    platform = RecordingPlatform()
+    p = Partition(8, platform=platform)
+    platform.partition = p
+    p.enable_hypercalls()
+    p.memory.write(0x2000, struct.pack("<QQQQ", 0, 1, 0, 0xFFF))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(30):
+            assert p.hypercall(0, 0x3 | 1 << 32, 0x2000) == 1 << 32
+        platform.flushes.clear()
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 4 << 20, f"{retained / (1 << 20):.1f} MiB retained"
