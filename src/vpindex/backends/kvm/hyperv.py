@@ -159,9 +159,9 @@ class KvmPlatform:
         try:
             while True:
                 me.service_mailbox()  # another vCPU may be flushing this one meanwhile
-                if latch.wait(_STOP_POLL_S):
-                    return
-                if time.monotonic() > deadline or self.machine.stopping:
+                if latch.wait(_STOP_POLL_S) or self.machine.stopping:
+                    return  # all confirmed, or the VM is being torn down: nothing will run
+                if time.monotonic() > deadline:
                     raise KvmError(
                         f"vCPU {caller}: {latch.remaining} flush target(s) did not respond "
                         f"within {_FLUSH_WAIT_S} s"

@@ -354,9 +354,9 @@ class Machine:
 
     # -- running ----------------------------------------------------------------------------
     def fail(self, message: str) -> None:
-        """Record the first error and stop everything."""
+        """Record the first error and stop everything (errors during teardown are ignored)."""
         with self._cond:
-            if self.error is None:
+            if self.error is None and not self.stopping:
                 self.error = message
             self._cond.notify_all()
 

@@ -2,10 +2,10 @@
 
 Every vCPU: sets its stack, prints ``<index letter>`` and the CPUID 0x40000000 vendor
 ("Microsoft Hv") to the debug console, identifies itself (GUEST_OS_ID), enables the hypercall
-page at 0x200000, reads
-its VP index, issues a fast HvFlushVirtualAddressSpace for ALL_PROCESSORS and ends with exit
-code 0 if RAX was HV_STATUS_SUCCESS (else 1). ``exit_code`` makes vCPU 0 end with that code
-instead, to exercise failure reporting.
+page at 0x200000, reads its VP index, issues a fast HvFlushVirtualAddressSpace for
+ALL_PROCESSORS (``flushes`` times) and ends with exit code 0 if RAX was always
+HV_STATUS_SUCCESS (else 1). ``exit_code`` makes vCPU 0 end with that code instead, to exercise
+failure reporting.
 
 Rebuild the image byte for byte with ``python -m vpindex.backends.kvm.guests.hello OUT.bin``.
 """
@@ -17,7 +17,7 @@ import sys
 import iced_x86
 
 from vpindex.backends.kvm import layout
-from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, RAX, RDI, RSP, Asm
+from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, R9, R9D, RAX, RDI, RSP, Asm
 from vpindex.backends.kvm.machine import CONSOLE_PORT, EXIT_PORT
 
 C = iced_x86.Code
@@ -30,10 +30,11 @@ _FLUSH_SPACE_FAST = 0x10002
 _FLAGS_ALL_PROCESSORS_ALL_SPACES = 0x3
 
 
-def build(exit_code: int | None = None) -> bytes:
-    """The image (load and entry at 0x100000)."""
+def build(exit_code: int | None = None, flushes: int = 1) -> bytes:
+    """The image (load and entry at 0x100000); ``flushes`` repeats the flush call (every vCPU
+    flushing every other at once exercises the VMM's mutual-flush path)."""
     a = Asm()
-    done = a.label("done")
+    done, again = a.label("done"), a.label("again")
     a.op(C.IMUL_R64_RM64_IMM32, RSP, RDI, _STACK_SIZE)  # own stack: 0x300000 + (i+1) * 4 KiB
     a.op(C.ADD_RM64_IMM32, RSP, _STACKS + _STACK_SIZE)
     a.op(C.MOV_R64_RM64, RAX, RDI)
@@ -57,12 +58,18 @@ def build(exit_code: int | None = None) -> bytes:
     a.op(C.WRMSR)
     a.op(C.MOV_R32_IMM32, ECX, 0x40000002)  # VP_INDEX
     a.op(C.RDMSR)
+    a.op(C.XOR_R32_RM32, R9D, R9D)  # OR of every RAX
+    a.op(C.MOV_R32_IMM32, EBX, flushes)
+    a.bind(again)
     a.op(C.MOV_R32_IMM32, ECX, _FLUSH_SPACE_FAST)
     a.op(C.XOR_R32_RM32, EDX, EDX)
     a.op(C.MOV_R32_IMM32, R8D, _FLAGS_ALL_PROCESSORS_ALL_SPACES)
     a.op(C.MOV_R32_IMM32, EAX, HYPERCALL_PAGE)
     a.op(C.CALL_RM64, RAX)
-    a.op(C.TEST_RM64_R64, RAX, RAX)
+    a.op(C.OR_R64_RM64, R9, RAX)
+    a.op(C.DEC_RM32, EBX)
+    a.op(C.JNE_REL32_64, again)
+    a.op(C.TEST_RM64_R64, R9, R9)
     a.op(C.SETNE_RM8, AL)
     if exit_code is not None:
         a.op(C.TEST_RM64_R64, RDI, RDI)
