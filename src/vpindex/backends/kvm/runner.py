@@ -12,10 +12,10 @@ from vpindex.backends.kvm.suite import (
     CaseSpec,
     SenderPlan,
     SuiteMachine,
-    _flush_cases,
-    _ipi_cases,
     bare_case,
     expected_rax,
+    flush_cases,
+    ipi_cases,
 )
 from vpindex.backends.report import CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, flush_scenarios
@@ -56,7 +56,7 @@ def run_ipi(
     competing for host CPUs (checked: RAX; staleness is the flush scenario's job)."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     everyone = frozenset(range(vcpus))
-    cases = [bare_case(), *_ipi_cases(vp_to_cpu, everyone), *_flush_to_halted_cases()]
+    cases = [bare_case(), *ipi_cases(vp_to_cpu, everyone), *_flush_to_halted_cases()]
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
     roles = ["sender"] + ["idle"] * (vcpus - 1)
     sm = SuiteMachine(
@@ -94,7 +94,7 @@ def run_flush(
     ``real_tlb_flush=False`` (diagnostic) skips the targets' TLB flush to show it is needed."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     workers = frozenset(range(1, vcpus))
-    cases = [bare_case(), *_flush_cases(vp_to_cpu, workers)]
+    cases = [bare_case(), *flush_cases(vp_to_cpu, workers)]
     if control:
         cases.append(CaseSpec("control-no-flush", Kind.CONTROL, targets=workers))
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)

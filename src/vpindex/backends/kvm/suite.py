@@ -9,8 +9,7 @@ per call) and cross-checks it against the engine's own record of delivered IPIs 
 from __future__ import annotations
 
 import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,7 +31,16 @@ from vpindex.backends.report import CaseResult, percentiles
 from vpindex.backends.scenarios import flush_scenarios, ipi_scenarios
 from vpindex.guest import EncodedCall
 
-__all__ = ["CaseSpec", "SenderPlan", "SuiteMachine", "idt_image"]
+__all__ = [
+    "CaseSpec",
+    "SenderPlan",
+    "SuiteMachine",
+    "bare_case",
+    "expected_rax",
+    "flush_cases",
+    "idt_image",
+    "ipi_cases",
+]
 
 _UD_VECTOR, _GP_VECTOR = 6, 13
 _IDT_ENTRY = struct.Struct("<HHBBHIxxxx")
@@ -260,7 +268,8 @@ class SuiteMachine:
         self.machine.close()
 
 
-def _ipi_cases(vp_to_cpu: dict[int, int], all_cpus: frozenset[int]) -> list[CaseSpec]:
+def ipi_cases(vp_to_cpu: dict[int, int], all_cpus: frozenset[int]) -> list[CaseSpec]:
+    """The ten selftest IPI cases; targets as vCPU indexes (None in a scenario = ``all_cpus``)."""
     cases = []
     for sc in ipi_scenarios():
         targets = all_cpus if sc.expect is None else frozenset(vp_to_cpu[v] for v in sc.expect)
@@ -268,7 +277,8 @@ def _ipi_cases(vp_to_cpu: dict[int, int], all_cpus: frozenset[int]) -> list[Case
     return cases
 
 
-def _flush_cases(vp_to_cpu: dict[int, int], workers: frozenset[int]) -> list[CaseSpec]:
+def flush_cases(vp_to_cpu: dict[int, int], workers: frozenset[int]) -> list[CaseSpec]:
+    """The twenty selftest flush cases on the test page; targets restricted to ``workers``."""
     cases = []
     for sc in flush_scenarios(Map.TEST_VA):
         targets = workers if sc.expect is None else frozenset(vp_to_cpu[v] for v in sc.expect)
@@ -281,13 +291,3 @@ def _flush_cases(vp_to_cpu: dict[int, int], workers: frozenset[int]) -> list[Cas
 def bare_case() -> CaseSpec:
     """The bare exit round trip: CPL3 -> ud2 gate -> OUT to the no-op port -> iretq."""
     return CaseSpec("bare-exit", Kind.BARE, expect_rax=Kind.BARE)
-
-
-def _timed(progress: Callable[[str], None] | None, msg: str) -> float:
-    if progress:
-        progress(msg)
-    return time.perf_counter()
-
-
-__all__ += ["bare_case", "expected_rax"]
-_ = (_ipi_cases, _flush_cases, _timed)

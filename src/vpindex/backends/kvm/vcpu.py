@@ -15,7 +15,7 @@ import os
 import signal
 
 from vpindex.backends.kvm._libc import ioctl, ioctl_raw
-from vpindex.backends.kvm.ioctls import Ioctl, MpState, SyncRegs
+from vpindex.backends.kvm.ioctls import IO_DIRECTION_OUT, Ioctl, MpState, SyncRegs
 from vpindex.backends.kvm.structs import (
     FPU_XMM_OFFSET,
     IO_EXIT,
@@ -91,7 +91,13 @@ class Vcpu:
     def io_exit(self) -> tuple[bool, int, int, int, bytes]:
         """(is_out, port, size, count, data) of a KVM_EXIT_IO."""
         direction, size, port, count, off = IO_EXIT.unpack_from(self.run_map, RunOffsets.EXIT_UNION)
-        return direction == 1, port, size, count, bytes(self.run_map[off : off + size * count])
+        return (
+            direction == IO_DIRECTION_OUT,
+            port,
+            size,
+            count,
+            bytes(self.run_map[off : off + size * count]),
+        )
 
     def set_io_in_data(self, data: bytes) -> None:
         """Fill the data area of a pending IN exit."""
