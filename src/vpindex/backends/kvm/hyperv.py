@@ -136,6 +136,8 @@ class KvmPlatform:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.stub = hypercall_stub()
+        #: where the guest enabled the hypercall page (None until it does)
+        self.stub_gpa: int | None = None
 
     def deliver_ipi(self, vector: int, targets: Sequence[int]) -> None:
         """KVM_SIGNAL_MSI with ``vector`` to each target's APIC ID (= its vCPU index)."""
@@ -172,3 +174,4 @@ class KvmPlatform:
     def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
         """Write the port-I/O stub at ``gpa`` (no in-kernel Hyper-V on this path)."""
         self.machine.partition.memory.write(gpa, self.stub)
+        self.stub_gpa = gpa

@@ -59,7 +59,7 @@ _JOIN_TIMEOUT_S: Final = 5.0
 #: wait for a time slice (measured on the 2-CPU host: caller wake-up p50 3.6 ms -> 50 µs).
 _YIELD_AFTER_FLUSH: Final = True
 _INSN_BYTES: Final = 15
-_PAGE_MASK: Final = ~0xFFF
+_OUT_IMM8_LEN: Final = 2
 _RAX, _RCX, _RDX, _R8, _RIP = 0, 2, 3, 8, 16
 
 
@@ -217,9 +217,13 @@ class VcpuThread:
         vcpu.set_sync_reg("rax", rax)
 
     def _inject_at_stub(self, vector: int, rip: int) -> None:
-        """Fault the hypercall: RIP back to the stub's OUT (the page's first byte), then inject."""
+        """Fault the hypercall with RIP on the stub's OUT (the page's first byte), so the fault
+        is precise. At the exit RIP is past the OUT on PVM and on it on VMX/SVM; an OUT to the
+        hypercall port from anywhere else faults where KVM left RIP."""
         self.machine.faults_injected += 1
-        self.vcpu.set_sync_reg("rip", (rip - 1) & _PAGE_MASK)
+        stub = self.machine.platform.stub_gpa
+        if stub is not None and stub <= rip <= stub + _OUT_IMM8_LEN:
+            self.vcpu.set_sync_reg("rip", stub)
         self.vcpu.inject_exception(vector)
 
     def _on_msr(self) -> bool:
