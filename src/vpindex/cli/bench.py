@@ -29,6 +29,7 @@ from vpindex.lab.sweep import (
     parse_targets,
     run_sweep,
 )
+from vpindex.lab.timing import clock_name, use_clock
 from vpindex.vpmap import STRATEGIES
 
 __all__ = ["bench", "format_ns"]
@@ -127,7 +128,8 @@ def render_sweep(console: Console, sweep: SweepResult) -> None:
         goals.add_row(g.name, verdict, g.detail)
     console.print(goals)
     console.print(
-        f"{len(sweep.results)} cells in {sweep.elapsed_s:.0f} s; repeat {sweep.config.repeat}, "
+        f"{len(sweep.results)} cells in {sweep.elapsed_s:.0f} s ({sweep.rechecked} noisy rows "
+        f"re-measured); repeat {sweep.config.repeat}, clock {clock_name()}, "
         f"samples of >= {sweep.config.target_ns / 1e6:g} ms; medians (noisy shared machine: "
         "compare ratios, not absolute times)"
     )
@@ -176,6 +178,9 @@ def bench(
     quick: Annotated[
         bool, typer.Option(help="Reduced grid (N in 8,128,1024; 3 encodings; short samples).")
     ] = False,
+    clock: Annotated[
+        str, typer.Option(help="cpu (this thread's CPU time, robust on a busy host) or wall.")
+    ] = "cpu",
     quiet: Annotated[bool, typer.Option(help="No tables (with --json/--plot).")] = False,
 ) -> None:
     """Time the VP-index strategies per op, mapping, N and target count; print the ratio of
@@ -200,10 +205,15 @@ def bench(
     config.target_ns = int((sample_ms if sample_ms is not None else (5 if quick else 20)) * 1e6)
     if quick:
         config.budget_ns = 200_000_000
+        config.recheck_spread = 0.25  # only the wildly disturbed rows: stay under a minute
     if config.target_ns <= 0:
         raise typer.BadParameter("--sample-ms must be > 0")
     try:
         config.validate()
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    try:
+        use_clock(clock)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     console = Console()

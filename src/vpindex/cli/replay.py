@@ -17,6 +17,7 @@ from vpindex.cli.bench import format_ns
 from vpindex.cli.parsing import parse_int_list
 from vpindex.lab.replay import parse_trace
 from vpindex.lab.replay import replay as replay_trace
+from vpindex.lab.timing import CLOCKS, use_clock
 from vpindex.vpmap import STRATEGIES
 
 __all__ = ["replay"]
@@ -94,6 +95,7 @@ def replay(
     ] = None,
     repeat: Annotated[int, typer.Option(help="Timed samples per strategy.")] = 5,
     sample_ms: Annotated[float, typer.Option(help="Minimum duration of one sample, ms.")] = 20,
+    clock: Annotated[str, typer.Option(help="cpu (thread CPU time) or wall.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Rebuild every PV TLB-flush / PV IPI call of a KVM trace, resolve its VP set through the
@@ -110,6 +112,9 @@ def replay(
                 f"--strategy: unknown {', '.join(bad) or '(empty)'}; valid: "
                 f"{', '.join(STRATEGIES)} or all"
             )
+    if clock not in CLOCKS:
+        raise typer.BadParameter(f"--clock must be one of {', '.join(CLOCKS)}")
+    use_clock(clock)
     if repeat < 1 or sample_ms <= 0:
         raise typer.BadParameter("--repeat must be >= 1 and --sample-ms > 0")
     vps: list[int] | None = None

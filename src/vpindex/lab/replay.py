@@ -38,12 +38,11 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from time import perf_counter_ns
 from typing import Any, Final
 
 from vpindex.abi import FlushFlags, HvCallCode, VpSet
 from vpindex.abi.vpset import FORMAT_ALL, FORMAT_SPARSE_4K, MAX_VP_INDEX
-from vpindex.lab.timing import Timing, measure_interleaved
+from vpindex.lab.timing import Timing, clock_ns, measure_interleaved
 from vpindex.vpmap import STRATEGIES, make_map
 
 __all__ = [
@@ -448,10 +447,10 @@ def replay(
                     for _ in range(loops)
                     for mask in masks
                 ]
-                t0 = perf_counter_ns()
+                t0 = clock_ns()
                 for vs in pool:
                     resolve(vs)
-                return perf_counter_ns() - t0
+                return clock_ns() - t0
 
             return body
 

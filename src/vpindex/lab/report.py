@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from vpindex.lab.sweep import CellResult, SweepResult
+from vpindex.lab.timing import clock_name
 
 __all__ = ["SCHEMA", "Goal", "evaluate_goals", "machine_info", "sweep_to_json", "worst_adaptive"]
 
@@ -214,11 +215,13 @@ def sweep_to_json(sweep: SweepResult) -> dict[str, Any]:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "method": {
-            "timer": "time.perf_counter_ns",
+            "timer": {"cpu": "time.thread_time_ns", "wall": "time.perf_counter_ns"}[clock_name()],
             "calibration": "loops doubled/estimated until one sample >= target_sample_ns",
             "warmup_samples": 1,
             "gc_disabled_during_samples": True,
             "statistic": "median of repeats; q1/q3 (inclusive quartiles), min, max",
+            "interleaved": "samples taken round-robin across the strategies of a group",
+            "rechecked_groups": sweep.rechecked,
         },
         "config": sweep.config.to_json(),
         "elapsed_s": round(sweep.elapsed_s, 2),

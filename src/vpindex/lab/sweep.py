@@ -34,7 +34,14 @@ from vpindex.abi.vpset import MAX_VP_INDEX
 from vpindex.backends.sim import MAPPINGS, make_vp_indexes
 from vpindex.engine import Partition
 from vpindex.guest import EncodedCall, encode_call
-from vpindex.lab.timing import DEFAULT_TARGET_NS, Timing, measure, measure_interleaved
+from vpindex.lab.timing import (
+    DEFAULT_TARGET_NS,
+    Timing,
+    clock_name,
+    clock_ns,
+    measure,
+    measure_interleaved,
+)
 from vpindex.vpmap import STRATEGIES, VpIndexMap, make_map
 
 __all__ = [
@@ -202,6 +209,9 @@ class SweepConfig:
     repeat: int = 5
     target_ns: int = DEFAULT_TARGET_NS
     budget_ns: int = 1_000_000_000
+    #: Re-measure (once, pooling the samples) every group in which some strategy's IQR exceeds
+    #: this fraction of its median; 0 disables the second pass.
+    recheck_spread: float = 0.10
     seed: int = 2018
     max_vp_index: int = MAX_VP_INDEX
 
@@ -235,6 +245,8 @@ class SweepConfig:
             "repeat": self.repeat,
             "target_sample_ns": self.target_ns,
             "cell_budget_ns": self.budget_ns,
+            "recheck_spread": self.recheck_spread,
+            "clock": clock_name(),
             "seed": self.seed,
             "max_vp_index": self.max_vp_index,
         }
@@ -246,6 +258,8 @@ class SweepResult:
     results: list[CellResult] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)
+    #: groups measured twice because their first samples were too spread
+    rechecked: int = 0
     elapsed_s: float = 0.0
 
 
@@ -360,10 +374,10 @@ def _resolve_body(m: VpIndexMap, mask: int) -> Callable[[int], int]:
     def body(loops: int) -> int:
         pool = [VpSet.from_mask(mask) for _ in range(loops)]
         resolve = m.resolve
-        t0 = perf_counter_ns()
+        t0 = clock_ns()
         for vs in pool:
             resolve(vs)
-        return perf_counter_ns() - t0
+        return clock_ns() - t0
 
     return body
 
@@ -371,10 +385,10 @@ def _resolve_body(m: VpIndexMap, mask: int) -> Callable[[int], int]:
 def _vcpu_of_body(m: VpIndexMap, vp: int) -> Callable[[int], int]:
     def body(loops: int) -> int:
         vcpu_of = m.vcpu_of
-        t0 = perf_counter_ns()
+        t0 = clock_ns()
         for x in repeat(vp, loops):
             vcpu_of(x)
-        return perf_counter_ns() - t0
+        return clock_ns() - t0
 
     return body
 
@@ -398,21 +412,21 @@ def _update_body(m: VpIndexMap, variant: str, vp_of: list[int], free: int) -> Ca
 
         def body(loops: int) -> int:
             s = m.set
-            t0 = perf_counter_ns()
+            t0 = clock_ns()
             for _ in repeat(None, loops):
                 s(v, a)
                 s(v, b)
-            return perf_counter_ns() - t0
+            return clock_ns() - t0
 
         return body
 
     def assign_body(loops: int) -> int:
         assign = m.assign
-        t0 = perf_counter_ns()
+        t0 = clock_ns()
         for _ in repeat(None, loops):
             assign(forth)
             assign(back)
-        return perf_counter_ns() - t0
+        return clock_ns() - t0
 
     return assign_body
 
@@ -428,10 +442,10 @@ def _hypercall_body(p: Partition, call: EncodedCall) -> Callable[[int], int]:
 
     def body(loops: int) -> int:
         hypercall = p.hypercall
-        t0 = perf_counter_ns()
+        t0 = clock_ns()
         for _ in repeat(None, loops):
             hypercall(0, rcx, rdx, r8, xmm)
-        elapsed = perf_counter_ns() - t0
+        elapsed = clock_ns() - t0
         for v in vcpus:  # the effect lists grow with every call: empty them between samples
             v.ipis.clear()
             v.flushes.clear()
@@ -554,13 +568,27 @@ def run_sweep(
     groups: dict[tuple[str, str, int, str, str], list[Cell]] = {}
     for cell in cells:
         groups.setdefault(group_key(cell), []).append(cell)
-    raw: list[CellResult] = []
+    timings: dict[Cell, Timing] = {}
+    noisy: list[list[Cell]] = []
+    done = 0
     for group in groups.values():
-        for cell, timing in zip(group, run_group(group, config, fx), strict=True):
-            raw.append(CellResult(cell, timing))
+        measured = run_group(group, config, fx)
+        timings.update(zip(group, measured, strict=True))
+        if config.recheck_spread > 0 and max(t.spread for t in measured) > config.recheck_spread:
+            noisy.append(group)
+        done += len(group)
         if progress is not None:
-            progress(group[-1], len(raw), len(cells))
+            progress(group[-1], done, len(cells) + sum(map(len, noisy)))
+    total = len(cells) + sum(map(len, noisy))
+    for group in noisy:
+        for cell, timing in zip(group, run_group(group, config, fx), strict=True):
+            timings[cell] = timings[cell].pooled(timing)
+        done += len(group)
+        if progress is not None:
+            progress(group[-1], done, total)
+    raw = [CellResult(cell, timings[cell]) for cell in cells]
     out = SweepResult(config)
+    out.rechecked = len(noisy)
     out.results = rank(raw)
     out.memory = memory_table(
         config.strategies,
