@@ -44,9 +44,8 @@ def render_report(console: Console, report: RunReport) -> None:
             console.print(table)
     if report.latency_us:
         lat = report.latency_us
-        shown = [k for k in ("min", "p50", "p90", "p99", "max") if k in lat] or [
-            k for k in lat if k != "count"
-        ]
+        standard: list[str] = [k for k in ("min", "p50", "p90", "p99", "max") if k in lat]
+        shown = standard or [k for k in lat if k != "count"]
         console.print("per-call latency (µs): " + ", ".join(f"{k} {lat[k]:g}" for k in shown))
     if "calls_per_s" in extra:
         console.print(f"throughput: {extra['calls_per_s']:g} calls/s over {report.calls} calls")
