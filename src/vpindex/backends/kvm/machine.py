@@ -20,6 +20,7 @@ set before the signal so a kick that lands while the thread is outside KVM_RUN i
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import signal
@@ -81,6 +82,8 @@ class VcpuThread:
         self.vcpu = vcpu
         self.index = vcpu.index
         self.console = bytearray()
+        #: VMM serving time (exit to resume) of every hypercall that did not fault, in ns
+        self.serve_ns = array.array("q")
         self.exit_code: int | None = None
         self.exits = 0
         self.finished = False
@@ -208,6 +211,7 @@ class VcpuThread:
         if vcpu.cpl() != 0:
             self._inject_at_stub(UD, regs[_RIP])
             return
+        start = time.perf_counter_ns()
         xmm = vcpu.get_xmm() if uses_xmm_input(rcx) else None
         try:
             rax = self.machine.partition.hypercall(self.index, rcx, regs[_RDX], regs[_R8], xmm)
@@ -215,6 +219,7 @@ class VcpuThread:
             self._inject_at_stub(fault.vector, regs[_RIP])
             return
         vcpu.set_sync_reg("rax", rax)
+        self.serve_ns.append(time.perf_counter_ns() - start)
 
     def _inject_at_stub(self, vector: int, rip: int) -> None:
         """Fault the hypercall with RIP on the stub's OUT (the page's first byte), so the fault
@@ -277,6 +282,8 @@ class Machine:
     RAM at GPA 0, set up for long mode, served by a fresh :class:`Partition`.
 
     Use: :meth:`load` images, :meth:`set_entry` for each vCPU, :meth:`run`, :meth:`close`.
+    ``log_events`` keeps the engine's per-call event log (memory grows with every call, so it is
+    off for long suite runs; per-call VMM serving times are kept in ``VcpuThread.serve_ns``).
     ``real_tlb_flush=False`` is a diagnostic: remote flushes still kick the targets and drain the
     engine's queues but skip the TLB flush itself, which the flush suite must then detect.
     """
@@ -291,6 +298,7 @@ class Machine:
         features: Features | None = None,
         window_pages: Mapping[int, int] | None = None,
         real_tlb_flush: bool = True,
+        log_events: bool = False,
     ) -> None:
         if not 1 <= vcpus <= layout.MAX_VCPUS:
             raise ValueError(f"vcpus must be in [1, {layout.MAX_VCPUS}], got {vcpus}")
@@ -314,6 +322,7 @@ class Machine:
                 features=features,
                 strategy=strategy,
                 platform=self.platform,
+                log_events=log_events,
             )
             if vp_indexes:
                 self.partition.assign_vp_indexes(dict(vp_indexes))

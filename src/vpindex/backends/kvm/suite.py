@@ -104,15 +104,16 @@ def expected_rax(call: EncodedCall) -> int:
 
 
 class _Tables:
-    """Bump allocator over the guest's table area."""
+    """Bump allocator over one guest area."""
 
-    def __init__(self) -> None:
-        self.next = Map.TABLES
+    def __init__(self, start: int, end: int, what: str) -> None:
+        self.next, self.end, self.what = start, end, what
 
     def take(self, size: int, align: int = 64) -> int:
         addr = (self.next + align - 1) // align * align
-        if addr + size > Map.TABLES_END:
-            raise KvmError("suite tables do not fit guest memory: use fewer iterations or cases")
+        if addr + size > self.end:
+            raise KvmError(f"the suite's {self.what} do not fit guest memory: use fewer "
+                           "iterations or cases")  # fmt: skip
         self.next = addr + size
         return addr
 
@@ -148,15 +149,16 @@ class SuiteMachine:
         m.load(Map.HYPERCALL_PTR, struct.pack("<Q", Map.HYPERCALL_PAGE))
         mem[Map.PAGE_A : Map.PAGE_A + _PAGE] = bytes([_FILL_A]) * _PAGE
         mem[Map.PAGE_B : Map.PAGE_B + _PAGE] = bytes([_FILL_B]) * _PAGE
-        tables = _Tables()
+        tables = _Tables(Map.TABLES, Map.TABLES_END, "case tables")
+        samples = _Tables(Map.SAMPLES, Map.SAMPLES_END, "latency samples")
         for i, plan in enumerate(self.plans):
             plan.config_addr = Map.CONFIGS + i * Config.SIZE
-            self._write_plan(plan, tables)
+            self._write_plan(plan, tables, samples)
         for i in range(vcpus):
             top = Map.STACKS + i * Map.STACK_STRIDE + Map.STACK_STRIDE // 2
             m.set_entry(i, labels["entry"], rsp=top, rsi=labels[f"role_{roles[i]}"])
 
-    def _write_plan(self, plan: SenderPlan, tables: _Tables) -> None:
+    def _write_plan(self, plan: SenderPlan, tables: _Tables, samples: _Tables) -> None:
         mem = self.machine.vm.memory
         n, nw = len(plan.cases), len(plan.watch)
         a = plan.addrs
@@ -167,7 +169,7 @@ class SuiteMachine:
         a["expected"] = tables.take(8 * nw)
         a["scratch"] = tables.take(8 * nw)
         a["results"] = tables.take(n * Result.SIZE)
-        a["samples"] = tables.take(4 * n * plan.iterations)
+        a["samples"] = samples.take(4 * n * plan.iterations)
         for j, cpu in enumerate(plan.watch):
             struct.pack_into("<Q", mem, a["watch_vp"] + 8 * j, self.vp_indexes[cpu])
             struct.pack_into("<Q", mem, a["watch_cpu"] + 8 * j, cpu)
@@ -222,10 +224,7 @@ class SuiteMachine:
         samples_all = struct.unpack_from(
             f"<{len(plan.cases) * plan.iterations}I", mem, plan.addrs["samples"]
         )
-        served = iter(
-            [e.duration_ns / 1000 for e in self.machine.partition.events
-             if e.vcpu == plan.vcpu and e.fault is None]
-        )  # fmt: skip
+        served = iter([ns / 1000 for ns in self.machine.threads[plan.vcpu].serve_ns])
         for k, case in enumerate(plan.cases):
             r = plan.addrs["results"] + k * Result.SIZE
             bad, last_rax, mismatch, stale_sum = struct.unpack_from("<QQQQ", mem, r)

@@ -83,7 +83,9 @@ class Map:
     PAGE_B: Final = 0xE01000  # filled with 0x02
     TEST_VA: Final = layout.WINDOW_VA  # window page 0 -> PAGE_A initially
     PTE: Final = layout.PT_WINDOW  # the PTE of TEST_VA
-    MEMORY: Final = 16 << 20
+    SAMPLES: Final = 0x1000000  # u32 RDTSC cycles per call, all senders (48 MiB)
+    SAMPLES_END: Final = 0x4000000
+    MEMORY: Final = 64 << 20
 
 
 class PerCpu:
