@@ -30,7 +30,6 @@ __all__ = [
     "Walker",
     "check_dimensions",
     "owned_nbytes",
-    "walk_table",
 ]
 
 
@@ -177,31 +176,24 @@ _BYTE_WALK_FIXED: Final = 800
 _BYTE_WALK_PER_VCPU: Final = 60
 
 
-def walk_table(mask: int, width: int) -> bytes:
-    """Bits ``0 .. width-1`` of ``mask`` as a 0/1 byte table, most significant first.
-
-    Bit ``vp`` sits at byte ``width + 2 - vp``: the table is ``bin()`` of the masked int with a
-    sentinel top bit (its length is fixed by ``width``; no reversal copy). O(width), C speed.
-    """
-    top = 1 << width
-    return bin(mask & (top - 1) | top).encode("ascii").translate(_ASCII_TO_BIT)
-
-
 class Walker:
     """Tests every vCPU's VP index for membership in a set, with the loop in C.
 
-    Two renderings of the set, chosen per map by estimated cost (``cost``, ns):
+    Two renderings of the set's int, chosen per map by estimated cost (``cost``, ns), for
+    W = largest VP index held + 1:
 
-    * bit table: ``walk_table`` (``bin()`` + ``translate``, O(W) for W = largest VP index + 1),
-      then one ``itemgetter`` call reads each vCPU's 0/1 byte;
-    * byte table: ``mask.to_bytes`` (O(W / 8)), one ``itemgetter`` call reads each vCPU's byte,
-      ``map(operator.and_, ...)`` tests its bit. Dearer per vCPU, but no per-bit rendering:
-      it wins when a few vCPUs hold VP indexes spread over a wide range.
+    * bit table: ``bin(mask | 1 << W)`` (a sentinel top bit fixes the length) +
+      ``bytes.translate`` to 0/1 bytes, O(W); one ``itemgetter`` call reads every vCPU's byte
+      (bit ``vp`` sits at byte ``W + 2 - vp``). Chosen only while W <= 14 n or so, so the
+      sentinel int it keeps is O(n) bits;
+    * byte table: ``mask.to_bytes``, O(W / 8); one ``itemgetter`` call reads every vCPU's byte
+      and ``map(operator.and_, ...)`` tests its bit. Dearer per vCPU but with no per-bit
+      rendering: it wins when a few vCPUs hold VP indexes spread over a wide range.
 
-    ``walker(mask)`` is then ``frozenset(compress(vcpus, flags))``: O(n + W) (or O(n + W/8)).
+    ``walker(mask)`` is then ``frozenset(compress(vcpus, flags))``: O(n + W), all at C speed.
     """
 
-    __slots__ = ("_bits", "_getter", "_size", "_vcpus", "cost")
+    __slots__ = ("_bits", "_getter", "_size", "_top", "_vcpus", "_width", "cost")
 
     def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
         n = len(vp_of)
@@ -213,25 +205,29 @@ class Walker:
         if byte_cost < bit_cost:
             self.cost = byte_cost
             self._size = (width + 7) >> 3
+            self._width = self._size << 3
             positions = [vp >> 3 for vp in vp_of]
             self._bits = tuple(1 << (vp & 7) for vp in vp_of)
+            self._top = 0
         else:
             self.cost = bit_cost
-            self._size = width
+            self._size = self._width = width
             positions = [width + 2 - vp for vp in vp_of]
             self._bits = None
+            self._top = 1 << width
         if n == 1:  # itemgetter of one item returns the item, not a tuple
             positions.append(positions[0])
         self._getter = itemgetter(*positions)
 
     def __call__(self, mask: int) -> frozenset[int]:
         """The vCPUs whose VP index is in ``mask``."""
+        if mask.bit_length() > self._width:
+            mask &= (1 << self._width) - 1
         bits = self._bits
         if bits is None:
-            flags = self._getter(walk_table(mask, self._size))
-            return frozenset(compress(self._vcpus, flags))
-        size = self._size
-        raw = (mask & ((1 << (size << 3)) - 1)).to_bytes(size, "little")
+            table = bin(mask | self._top).encode("ascii").translate(_ASCII_TO_BIT)
+            return frozenset(compress(self._vcpus, self._getter(table)))
+        raw = mask.to_bytes(self._size, "little")
         return frozenset(compress(self._vcpus, map(and_, self._getter(raw), bits)))
 
 
