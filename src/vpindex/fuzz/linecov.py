@@ -25,27 +25,36 @@ _PACKAGES = ("abi", "engine", "vpmap")
 _ROOT = Path(__file__).resolve().parents[1]
 
 
+def function_lines(path: Path) -> dict[str, set[int]]:
+    """Executable lines of each function of ``path`` (qualified name -> lines, nested code
+    such as comprehensions counted with its function). Module- and class-level statements run
+    at import, before any tracing, and are left out."""
+    module = compile(path.read_text(), str(path), "exec")
+    out: dict[str, set[int]] = {}
+
+    def walk(co: types.CodeType, owner: str | None) -> None:
+        for c in co.co_consts:
+            if not isinstance(c, types.CodeType):
+                continue
+            if c.co_name.startswith("<") and owner is not None:
+                name = owner  # a comprehension or lambda inside a function
+            elif c.co_name.startswith("<") or (c.co_name[:1].isupper() and owner is None):
+                name = None  # module-level comprehension, or a class body: runs at import
+            else:
+                name = c.co_qualname
+            if name is not None:
+                lines = out.setdefault(name, set())
+                lines.update(line for _, _, line in c.co_lines() if line is not None)
+                lines.discard(c.co_firstlineno)  # the def line itself runs at import
+            walk(c, name)
+
+    walk(module, None)
+    return {name: lines for name, lines in out.items() if lines}
+
+
 def executable_lines(path: Path) -> set[int]:
-    """Lines of ``path`` that carry bytecode (docstrings and signatures excluded as far as the
-    line table allows)."""
-    code = compile(path.read_text(), str(path), "exec")
-    lines: set[int] = set()
-    stack: list[types.CodeType] = [code]
-    while stack:
-        co = stack.pop()
-        for _, _, line in co.co_lines():
-            if line is not None:
-                lines.add(line)
-        stack.extend(c for c in co.co_consts if isinstance(c, types.CodeType))
-    # module- and class-level statements run at import, before tracing: not counted
-    for _, _, line in code.co_lines():
-        lines.discard(line or 0)
-    for c in code.co_consts:
-        # class bodies and module-level comprehensions also run at import
-        if isinstance(c, types.CodeType) and (c.co_name[:1].isupper() or c.co_name[0] == "<"):
-            for _, _, line in c.co_lines():
-                lines.discard(line or 0)
-    return lines
+    """Every executable line of ``path``'s functions."""
+    return {line for lines in function_lines(path).values() for line in lines}
 
 
 def replay(target: str, inputs: Iterable[Path]) -> tuple[int, dict[str, set[int]]]:
@@ -81,6 +90,10 @@ def replay(target: str, inputs: Iterable[Path]) -> tuple[int, dict[str, set[int]
     return count, hits
 
 
+def _pct(part: set[int], whole: set[int]) -> str:
+    return f"{100 * len(part & whole) / len(whole):.1f}%" if whole else "-"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vpindex.fuzz.linecov", description=__doc__)
     ap.add_argument("target", choices=TARGETS)
@@ -90,23 +103,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = sorted(p for d in args.dirs if d.is_dir() for p in d.iterdir() if p.is_file())
     count, hits = replay(args.target, inputs)
     print(f"{args.target}: {count} inputs replayed")
-    total_run = total = 0
+    print(f"  {'module':<24} {'lines':>10} {'':>6}   {'functions reached: their lines':>30}")
     for package in _PACKAGES:
         for path in sorted((_ROOT / package).glob("*.py")):
-            lines = executable_lines(path)
-            ran = hits.get(str(path), set()) & lines
+            funcs = function_lines(path)
+            ran_lines = hits.get(str(path), set())
+            all_lines = {line for lines in funcs.values() for line in lines}
+            ran = ran_lines & all_lines
             if not ran:
                 continue
-            total_run += len(ran)
-            total += len(lines)
+            reached = {name: lines for name, lines in funcs.items() if lines & ran_lines}
+            in_reached = {line for lines in reached.values() for line in lines}
             name = f"{package}/{path.name}"
-            print(f"  {name:<24} {len(ran):>4}/{len(lines):<4} {100 * len(ran) / len(lines):5.1f}%")
+            print(
+                f"  {name:<24} {len(ran):>4}/{len(all_lines):<5} {_pct(ran, all_lines):>6}   "
+                f"{len(reached):>3}/{len(funcs):<3} functions, "
+                f"{len(ran & in_reached):>4}/{len(in_reached):<4} {_pct(ran, in_reached):>6}"
+            )
             if args.missed:
-                print(f"    missed: {sorted(lines - ran)}")
-    if total:
-        print(
-            f"  {'modules reached':<24} {total_run:>4}/{total:<4} {100 * total_run / total:5.1f}%"
-        )
+                for fname, lines in sorted(reached.items()):
+                    if lines - ran:
+                        print(f"    {fname}: missed {sorted(lines - ran)}")
     return 0
 
 
