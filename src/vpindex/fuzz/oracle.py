@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from vpindex.abi import Features
-from vpindex.engine import GuestFault, GuestMemory, Partition
+from vpindex.engine import MAX_RECORDED_PAGES, GuestFault, GuestMemory, Partition
 from vpindex.engine.faults import GP, UD
 from vpindex.vpmap import STRATEGIES
 
@@ -88,7 +88,9 @@ _HEADER_BYTES: Final = {
 _RESERVED: Final = (0x1F << 27) | (0xF << 44) | (0xF << 60)
 _ALL_PROCESSORS: Final = 0x1
 _FIFO_SIZE: Final = 16
-_MAX_PAGES: Final = 4096
+#: The engine's policy (not a TLFS rule): a drained list covering more pages than this is
+#: applied as a full flush. Imported, so the model follows the engine's chosen bound.
+_MAX_PAGES: Final = MAX_RECORDED_PAGES
 
 
 class PropertyViolation(AssertionError):
