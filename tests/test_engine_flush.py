@@ -35,7 +35,7 @@ def space_call(p: Partition, mask: int, space: int = 0, vcpu: int = 0):
 
 def test_constants():
     assert FLUSH_QUEUE_SLOTS == 16
-    assert MAX_RECORDED_PAGES == 4096
+    assert MAX_RECORDED_PAGES == 512
 
 
 # -- GVA expansion in the synchronous partition ---------------------------------------------
@@ -51,13 +51,20 @@ def test_additional_pages_expanded():
     assert p.vcpu(0).flushes == []
 
 
-def test_entry_0xfff_flushes_4096_pages():
+def test_entry_of_512_pages_is_expanded_and_beyond_is_a_full_flush():
     p = Partition(1)
     p.enable_hypercalls()
-    list_call(p, 0x1, [0x4000_0FFF])
+    list_call(p, 0x1, [0x4000_0000 | (MAX_RECORDED_PAGES - 1)])
     (flush,) = p.vcpu(0).flushes
     assert not flush.full
-    assert flush.gvas == tuple(0x4000_0000 + 0x1000 * i for i in range(4096))
+    assert flush.gvas == tuple(0x4000_0000 + 0x1000 * i for i in range(MAX_RECORDED_PAGES))
+    # One page more (or a single entry of 4096 pages) is applied as a whole-TLB flush.
+    list_call(p, 0x1, [0x4000_0000 | MAX_RECORDED_PAGES])
+    list_call(p, 0x1, [0x4000_0FFF])
+    assert p.vcpu(0).flushes[1:] == [Flush(True, (), 0), Flush(True, (), 0)]
+    # The cap counts pages across entries too.
+    list_call(p, 0x1, [0x4000_0000 | 0xFF, 0x5000_0000 | 0xFF, 0x6000_0000])
+    assert p.vcpu(0).flushes[-1].full
 
 
 def test_more_than_4096_pages_become_a_full_flush():

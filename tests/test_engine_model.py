@@ -16,7 +16,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from vpindex.abi import Features
-from vpindex.engine import GuestFault, Partition
+from vpindex.engine import MAX_RECORDED_PAGES, GuestFault, Partition
 
 MEM = 1 << 16
 GPA = 0x2000
@@ -153,7 +153,7 @@ def model(rcx, rdx, r8, xmm, memory: bytes, granted: set[str], vp_of: list[int])
             for i in range(entries):
                 e = qw(first + i)
                 pages += [(e & ~0xFFF) + 0x1000 * j for j in range((e & 0xFFF) + 1)]
-            gvas = tuple(pages) if len(pages) <= 4096 else None
+            gvas = tuple(pages) if len(pages) <= MAX_RECORDED_PAGES else None
         return Outcome(0, rep if is_list else 0, targets, None, gvas)
     except Fail as f:
         return Outcome(f.status)

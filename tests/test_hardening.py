@@ -421,7 +421,7 @@ def test_fifteen_ranges_of_4096_pages_become_a_full_flush() -> None:
 
 def test_largest_list_still_expanded_is_bounded() -> None:
     p = _enabled(2)
-    one = struct.pack("<QQQ", 0, 1, 0) + struct.pack("<Q", 0xFFF)  # exactly 4096 pages
+    one = struct.pack("<QQQ", 0, 1, 0) + struct.pack("<Q", MAX_RECORDED_PAGES - 1)
     p.memory.write(0x2000, one)
     assert p.hypercall(0, 0x3 | 1 << 32, 0x2000) == 1 << 32
     flush = p.vcpu(1).flushes[-1]
@@ -532,12 +532,6 @@ def test_fault_vectors_are_ud_or_gp() -> None:
     assert replace(Case(rcx=0), enabled=False).enabled is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open finding 2 (docs/SECURITY.md): VcpuState.flushes keeps every applied flush with "
-    "its expanded pages (and a VMM platform expands per target), so retained memory grows "
-    "~n x 144 KiB per hostile call",
-)
 def test_effect_records_are_bounded() -> None:
     """30 one-entry, 4096-page LIST flushes to all 8 vCPUs on a VMM platform must not leave
     more than 4 MiB allocated (today: about 34 MiB)."""

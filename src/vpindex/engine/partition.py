@@ -29,7 +29,7 @@ from vpindex.engine.msr import (
     HYPERCALL_PAGE_MASK,
 )
 from vpindex.engine.platform import Platform, SynchronousPlatform
-from vpindex.engine.vcpu import Flush, VcpuState, expand_entries
+from vpindex.engine.vcpu import Flush, FlushRecords, VcpuState, expand_entries
 from vpindex.vpmap import VpIndexMap, make_map
 
 __all__ = ["LINUX_GUEST_OS_ID", "Partition", "PartitionStateError"]
@@ -98,7 +98,8 @@ class Partition:
         )
         self._features = features
         self._flush_lock = threading.Lock()
-        self._vcpus = [VcpuState(i, self._flush_lock) for i in range(n_vcpus)]
+        records = FlushRecords()
+        self._vcpus = [VcpuState(i, self._flush_lock, records) for i in range(n_vcpus)]
         self._all_targets = tuple(range(n_vcpus))
         self._platform: Platform = platform or SynchronousPlatform(self.vcpu, self._memory)
         self._synchronous = platform is None

@@ -15,12 +15,14 @@ from typing import Final
 
 from vpindex.abi import GvaRange
 
-__all__ = ["FLUSH_QUEUE_SLOTS", "MAX_RECORDED_PAGES", "Flush", "VcpuState"]
+__all__ = ["FLUSH_QUEUE_SLOTS", "MAX_RECORDED_PAGES", "Flush", "FlushRecords", "VcpuState"]
 
 FLUSH_QUEUE_SLOTS: Final = 16
-#: A drained list covering more pages than this is applied (and recorded) as a full flush:
-#: flushing more is always allowed, and it bounds what a guest can make the VMM expand.
-MAX_RECORDED_PAGES: Final = 4096
+#: A drained list covering more pages than this (a 2 MiB large page's worth) is applied, and
+#: recorded, as a full flush. Flushing more is always allowed; per-page flushing stops paying off
+#: well before this (Linux switches to a full flush above 33 pages, OpenVMM's SNP path above 16
+#: extra pages), and it bounds what one hostile call can make the VMM expand and retain.
+MAX_RECORDED_PAGES: Final = 512
 _CANONICAL_BITS: Final = 48
 
 
@@ -45,7 +47,7 @@ def _canonical(gva: int) -> bool:
     return top in (0, (1 << (64 - _CANONICAL_BITS + 1)) - 1)
 
 
-def expand_entries(entries: list[int] | tuple[int, ...], address_space: int) -> Flush:
+def expand_entries(entries: tuple[int, ...], address_space: int) -> Flush:
     """The flush a list of raw GVA-range entries amounts to (non-canonical entries skipped, as
     KVM does since 2025; more than MAX_RECORDED_PAGES pages -> full)."""
     pages = 0
@@ -61,6 +63,27 @@ def expand_entries(entries: list[int] | tuple[int, ...], address_space: int) -> 
     return Flush(False, tuple(p for r in ranges for p in r.pages()), address_space)
 
 
+class FlushRecords:
+    """Builds the :class:`Flush` a drained queue amounts to, remembering the last one so that
+    every target of one request shares a single record (a request's entries reach each target
+    unchanged), instead of one expansion per target."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[int, ...], int, Flush] | None = None
+
+    def build(self, full: bool, entries: tuple[int, ...], address_space: int) -> Flush:
+        if full:
+            return Flush(True, (), address_space)
+        last = self._last
+        if last is not None and last[0] == entries and last[1] == address_space:
+            return last[2]
+        flush = expand_entries(entries, address_space)
+        self._last = (entries, address_space, flush)
+        return flush
+
+
 class VcpuState:
     """What the hypercalls did to one vCPU. Appends are atomic under the GIL; the flush queue
     is guarded by the partition's flush lock (passed in), so callers on several vCPU threads and
@@ -71,13 +94,16 @@ class VcpuState:
         "_lock",
         "_pending",
         "_pending_space",
+        "_records",
         "flushes",
         "hypercalls",
         "index",
         "ipis",
     )
 
-    def __init__(self, index: int, flush_lock: threading.Lock) -> None:
+    def __init__(
+        self, index: int, flush_lock: threading.Lock, records: FlushRecords | None = None
+    ) -> None:
         self.index = index
         #: vectors delivered by IPI hypercalls, in delivery order
         self.ipis: list[int] = []
@@ -86,6 +112,7 @@ class VcpuState:
         #: hypercalls this vCPU issued
         self.hypercalls = 0
         self._lock = flush_lock
+        self._records = records if records is not None else FlushRecords()
         self._pending: list[int] = []
         self._full = False
         self._pending_space = 0
@@ -117,6 +144,6 @@ class VcpuState:
             full, entries, space = self._full, tuple(self._pending), self._pending_space
             self._full = False
             self._pending.clear()
-        flush = Flush(True, (), space) if full else expand_entries(entries, space)
+        flush = self._records.build(full, entries, space)
         self.flushes.append(flush)
         return flush
