@@ -21,7 +21,7 @@ from vpindex.vpmap import STRATEGIES
 __all__ = ["run"]
 
 _BACKENDS = ("auto", "sim", "kvm")
-_SCENARIOS = ("ipi", "flush", "vpindex", "all")
+_SCENARIOS = ("ipi", "flush", "vpindex", "all", "scale")
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -64,9 +64,13 @@ def _run_kvm(
             strategy=strategy,
             timeout=timeout,
         )
+    if scenario == "scale":
+        return kvm.run_scale(
+            vcpus=vcpus or 128, calls=iterations, strategy=strategy, timeout=max(timeout, 300.0)
+        )
     progress = None if quiet else console.log
     return kvm.run_suite(
-        vcpus=vcpus or 3,
+        vcpus=vcpus or (len(vp_indexes) if vp_indexes else 3),
         vp_indexes=vp_indexes,
         scenario=scenario,
         iterations=iterations,
@@ -91,7 +95,13 @@ def run(
     workload: Annotated[str, typer.Option(help="sim workload: ipi, flush or mixed.")] = "mixed",
     calls: Annotated[int, typer.Option(help="sim: hypercalls to issue in the workload.")] = 2000,
     strategy: Annotated[str, typer.Option(help="VP-index map strategy.")] = "adaptive",
-    scenario: Annotated[str, typer.Option(help="kvm: ipi, flush, vpindex or all.")] = "all",
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="kvm: ipi, flush, vpindex, all, or scale (a 128-vCPU VM, --vcpus up to 256, "
+            "senders targeting sparse VP sets over many banks; --iterations calls per sender)."
+        ),
+    ] = "all",
     iterations: Annotated[int, typer.Option(help="kvm: iterations per case.")] = 100,
     guest: Annotated[
         Path | None, typer.Option(help="kvm: a flat 64-bit guest image to run instead.")
@@ -130,6 +140,9 @@ def run(
     except ValueError as err:  # host-side misuse: a clear message, no traceback
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
+    except RuntimeError as err:  # KvmError: guest fault, timeout, host without a usable KVM
+        console.print(f"[bold red]{type(err).__name__}:[/] {err}")
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:
