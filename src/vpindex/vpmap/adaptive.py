@@ -10,7 +10,7 @@ from typing import Final
 
 from vpindex.abi.bits import _POSITIONS, set_bits
 from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
-from vpindex.vpmap.base import MapBase, Snapshot, Walker
+from vpindex.vpmap.base import WALK_PER_MEMBER, MapBase, Snapshot, Walker
 
 __all__ = ["PEEL_LIMIT", "AdaptiveMap", "lookup_cost"]
 
@@ -23,11 +23,11 @@ PEEL_LIMIT: Final = 12
 # Per-member lookup costs, ns on the reference machine (docs/DESIGN.md, "The adaptive map").
 _PEEL_FIXED: Final = 300
 _PEEL_PER_MEMBER: Final = 170  # plus w / 16 per member: each step works on the whole w-bit int
-_WORDS_FIXED: Final = 5000  # set_bits' word path (wide, sparse ints)
-_WORDS_PER_MEMBER: Final = 270
-_FLAT_FIXED: Final = 1000  # set_bits' rendering path (dense ints)
-_FLAT_PER_BIT: Final = 12
-_FLAT_PER_MEMBER: Final = 70
+_WORDS_FIXED: Final = 400  # set_bits' word path (wide, sparse ints): 3/4 ns per bit of w
+_WORDS_PER_MEMBER: Final = 240
+_FLAT_FIXED: Final = 1000  # rendering a dense int
+_FLAT_PER_BIT: Final = 13
+_FLAT_PER_MEMBER: Final = 45
 
 
 def lookup_cost(k: int, w: int) -> int:
@@ -37,7 +37,7 @@ def lookup_cost(k: int, w: int) -> int:
     if k <= PEEL_LIMIT:
         return _PEEL_FIXED + k * (_PEEL_PER_MEMBER + (w >> 4))
     if w > 256 and 8 * k < w:
-        return _WORDS_FIXED + _WORDS_PER_MEMBER * k
+        return _WORDS_FIXED + (3 * w >> 2) + _WORDS_PER_MEMBER * k
     return _FLAT_FIXED + _FLAT_PER_BIT * w + _FLAT_PER_MEMBER * k
 
 
@@ -75,7 +75,8 @@ class AdaptiveSnapshot(Snapshot):
         self.held = int.from_bytes(raw, "little")
         self.walker = Walker(vp_of, vcpus)
         below = 2
-        while below < n and lookup_cost(below, MAX_VP_INDEX) < self.walker.cost:
+        walk = self.walker.cost
+        while below < n and lookup_cost(below, MAX_VP_INDEX) < walk + WALK_PER_MEMBER * below:
             below += 1
         self.lookup_below = below
 
@@ -154,7 +155,7 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
                     return self._all_vcpus
                 mask = hits
                 k = hits.bit_count()
-            if lookup_cost(k, mask.bit_length()) >= snap.walker.cost:
+            if lookup_cost(k, mask.bit_length()) >= snap.walker.cost + WALK_PER_MEMBER * k:
                 return snap.walker(mask)
         if k > PEEL_LIMIT:
             found = frozenset(map(snap.vcpu_at.get, _members(mask, k)))

@@ -23,6 +23,7 @@ from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
 from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
 
 __all__ = [
+    "WALK_PER_MEMBER",
     "MapBase",
     "Snapshot",
     "VpIndexError",
@@ -168,19 +169,22 @@ def _updated(
 _ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
 
 # Walk costs, in ns on the reference machine (docs/DESIGN.md): rendering a set's int as a bit
-# table with bin() costs per bit of the table; reading every vCPU's flag costs per vCPU.
+# table with bin() costs per bit of the table; reading every vCPU's flag costs per vCPU. (Each
+# member found also costs its frozenset insertion, as for any strategy: WALK_PER_MEMBER.)
 _BIT_WALK_FIXED: Final = 1000
 _BIT_WALK_PER_BIT: Final = 2
-_BIT_WALK_PER_VCPU: Final = 32
+_BIT_WALK_PER_VCPU: Final = 20
 _BYTE_WALK_FIXED: Final = 800
-_BYTE_WALK_PER_VCPU: Final = 60
+_BYTE_WALK_PER_VCPU: Final = 38
+#: ns per member a walk finds (the frozenset insertion).
+WALK_PER_MEMBER: Final = 25
 
 
 class Walker:
     """Tests every vCPU's VP index for membership in a set, with the loop in C.
 
-    Two renderings of the set's int, chosen per map by estimated cost (``cost``, ns), for
-    W = largest VP index held + 1:
+    Two renderings of the set's int, chosen per map by estimated cost (``cost``, ns, before
+    the ``WALK_PER_MEMBER`` each member found adds), for W = largest VP index held + 1:
 
     * bit table: ``bin(mask | 1 << W)`` (a sentinel top bit fixes the length) +
       ``bytes.translate`` to 0/1 bytes, O(W); one ``itemgetter`` call reads every vCPU's byte
