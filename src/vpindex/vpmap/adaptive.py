@@ -57,11 +57,12 @@ def _members(mask: int, k: int) -> Iterable[int]:
 class AdaptiveSnapshot(Snapshot):
     """``vp_of`` plus: ``identity`` (every VP index equals its vCPU index), ``full`` (the mask
     of all vCPUs), ``vcpu_at`` (dict VP index -> vCPU), ``held`` (the mask of the VP indexes
-    held), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``lookup_below``: sets with
+    held), ``table`` (VP index -> vCPU as a tuple, kept only while the largest VP index is below
+    2n), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``lookup_below``: sets with
     fewer members are looked up without further thought (even at the widest, 4096 bits, a
     lookup of that many costs less than the walk)."""
 
-    __slots__ = ("full", "held", "identity", "lookup_below", "vcpu_at", "walker")
+    __slots__ = ("full", "held", "identity", "lookup_below", "table", "vcpu_at", "walker")
 
     def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
         super().__init__(vp_of)
@@ -73,6 +74,14 @@ class AdaptiveSnapshot(Snapshot):
         for vp in vp_of:
             raw[vp >> 3] |= 1 << (vp & 7)
         self.held = int.from_bytes(raw, "little")
+        #: VP index -> vCPU (None in the holes) while that is at most 2n entries: for large
+        #: sets, tuple indexing stays in cache better than a dict of n scattered keys.
+        self.table: tuple[int | None, ...] | None = None
+        if len(raw) << 3 <= 2 * n:
+            table: list[int | None] = [None] * (max(vp_of) + 1)
+            for vcpu, vp in enumerate(vp_of):
+                table[vp] = vcpu
+            self.table = tuple(table)
         self.walker = Walker(vp_of, vcpus)
         below = 2
         walk = self.walker.cost
@@ -158,7 +167,13 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
             if lookup_cost(k, mask.bit_length()) >= snap.walker.cost + WALK_PER_MEMBER * k:
                 return snap.walker(mask)
         if k > PEEL_LIMIT:
-            found = frozenset(map(snap.vcpu_at.get, _members(mask, k)))
+            table = snap.table
+            if table is None:
+                found = frozenset(map(snap.vcpu_at.get, _members(mask, k)))
+            else:
+                if mask.bit_length() > len(table):
+                    mask &= (1 << len(table)) - 1
+                found = frozenset(map(table.__getitem__, _members(mask, k)))
         else:
             peeled = []
             while mask:
