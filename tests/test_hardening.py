@@ -561,3 +561,66 @@ def test_effect_records_are_bounded(pages: int) -> None:
         tracemalloc.stop()
     one_record = min(pages, MAX_RECORDED_PAGES) * 40 + 1024  # a tuple of page ints + the Flush
     assert retained < calls * (one_record + 16 * 16), f"{retained / 1024:.0f} KiB retained"
+
+
+# -- the guest's MSR and CPUID surface -----------------------------------------------------------
+
+MSRS = [0x40000000, 0x40000001, 0x40000002, 0x40000003, 0x400000FF, 0x0, 0xC0000080, U64]
+msr_values = st.sampled_from([0, 1, 2, 3, 0x1001, 0xF001, 0x10001, 0xFFFFF001, U64]) | u64
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    features=st.integers(0, 0x7F),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["rd", "wr", "call"]),
+            st.integers(0, 3),
+            st.sampled_from(MSRS) | st.integers(0, U64),
+            msr_values,
+        ),
+        max_size=30,
+    ),
+)
+def test_guest_msr_sequences(features: int, ops: list[tuple[str, int, int, int]]) -> None:
+    """Any sequence of guest RDMSR/WRMSR/hypercalls from any vCPU: values or #GP/#UD only; the
+    hypercall page is only ever written inside memory; VP_INDEX reads give the map's value and
+    writes never change it."""
+    case = Case(rcx=0, n_vcpus=4, features=features, enabled=False, mapping=2, map_seed=3)
+    built = build_partition(case)
+    p, mem = built.partition, built.memory
+    vp_of = built.vp_of
+    for op, vcpu, msr, value in ops:
+        mem.requests.clear()
+        try:
+            if op == "rd":
+                got = p.read_msr(vcpu, msr)
+                assert 0 <= got <= U64
+                if msr == 0x40000002:
+                    assert got == vp_of[vcpu]
+            elif op == "wr":
+                p.write_msr(vcpu, msr, value)
+            else:
+                rax = p.hypercall(vcpu, 0x1_000B, 0xFE, 0b1111)
+                assert rax & 0xFFFF in ALLOWED_STATUSES
+        except GuestFault as fault:
+            assert fault.vector in (6, 13)
+        for gpa, length, granted in mem.requests:
+            assert granted and gpa + length <= MEMORY_SIZE  # the stub write
+        assert p.vp_map.mapping() == dict(enumerate(vp_of))
+    if p.hypercalls_enabled:
+        assert p.hypercall(0, 0x1_000B, 0xFE, 0) == 0
+
+
+def test_recording_memory_catches_an_unchecked_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evidence the instrument works: with GuestMemory.view's bounds check removed, a call whose
+    input runs past the end of memory is reported as a violation."""
+    from vpindex.fuzz.oracle import PropertyViolation
+
+    def unchecked(self: GuestMemory, gpa: int, length: int) -> memoryview:
+        return self._view[gpa : gpa + length]  # type: ignore[attr-defined,no-any-return]
+
+    monkeypatch.setattr(GuestMemory, "view", unchecked)
+    case = Case(rcx=0x0002, rdx=MEMORY_SIZE - 16)
+    with pytest.raises(PropertyViolation, match="outside memory"):
+        check_case(case)
