@@ -6,7 +6,7 @@ popcount k and the width w (bit length) of the int:
 
 * few bits (k <= 12, or k <= 24 when 128 < w <= 1024): peel the lowest set bit with ``m & -m``
   (a few big-int operations per member, each O(w / 30) digits: cheap while k is small);
-* sparse (k * 8 < w, w > 256): split the int into 64-bit words once (``to_bytes`` +
+* sparse (k * 16 < w, w > 256): split the int into 64-bit words once (``to_bytes`` +
   ``struct``), skip the zero words with :func:`itertools.compress`, and peel bits inside each
   non-zero word (cheap small-int arithmetic): cost O(w / 64 + k);
 * dense: render the int in binary once and let :func:`itertools.compress` pick the positions
@@ -26,7 +26,7 @@ __all__ = ["set_bits"]
 #: popcount at or below which peeling single bits beats the other two paths.
 _PEEL_LIMIT: Final = 12
 #: the word path is used while popcount * _SPARSE_RATIO < bit length.
-_SPARSE_RATIO: Final = 8
+_SPARSE_RATIO: Final = 16
 _ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
 #: Positions 0..4095 as ready-made ints: ``compress`` hands them out without allocating.
 _POSITIONS: Final = tuple(range(4096))

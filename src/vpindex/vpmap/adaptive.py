@@ -9,7 +9,7 @@ from itertools import compress
 from typing import Final
 
 from vpindex.abi.bits import _POSITIONS, set_bits
-from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
+from vpindex.abi.vpset import VpSet
 from vpindex.vpmap.base import WALK_PER_MEMBER, MapBase, Snapshot, Walker
 
 __all__ = ["PEEL_LIMIT", "AdaptiveMap", "lookup_cost"]
@@ -36,7 +36,7 @@ def lookup_cost(k: int, w: int) -> int:
     each. O(1)."""
     if k <= PEEL_LIMIT:
         return _PEEL_FIXED + k * (_PEEL_PER_MEMBER + (w >> 4))
-    if w > 256 and 8 * k < w:
+    if w > 256 and 16 * k < w:
         return _WORDS_FIXED + (3 * w >> 2) + _WORDS_PER_MEMBER * k
     return _FLAT_FIXED + _FLAT_PER_BIT * w + _FLAT_PER_MEMBER * k
 
@@ -49,7 +49,7 @@ def _members(mask: int, k: int) -> Iterable[int]:
     ``set_bits``, but a dense int is rendered once and its positions come out of a C iterator
     over ready-made ints, with no list in between."""
     w = mask.bit_length()
-    if w > 256 and 8 * k < w:  # sparse: set_bits' word path
+    if w > 256 and 16 * k < w:  # sparse: set_bits' word path
         return set_bits(mask)
     return compress(_POSITIONS, bin(mask).encode("ascii").translate(_ASCII_TO_BIT)[:1:-1])
 
@@ -58,11 +58,12 @@ class AdaptiveSnapshot(Snapshot):
     """``vp_of`` plus: ``identity`` (every VP index equals its vCPU index), ``full`` (the mask
     of all vCPUs), ``vcpu_at`` (dict VP index -> vCPU), ``held`` (the mask of the VP indexes
     held), ``table`` (VP index -> vCPU as a tuple, kept only while the largest VP index is below
-    2n), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``lookup_below``: sets with
-    fewer members are looked up without further thought (even at the widest, 4096 bits, a
-    lookup of that many costs less than the walk)."""
+    2n), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``walk_from``: the set size
+    from which the walk is cheaper than per-member lookup, by :func:`lookup_cost` for a set as
+    wide as the held VP indexes against the walker's cost (capped at n). Computed once per
+    snapshot, so a resolve decides with one comparison."""
 
-    __slots__ = ("full", "held", "identity", "lookup_below", "table", "vcpu_at", "walker")
+    __slots__ = ("full", "held", "identity", "table", "vcpu_at", "walk_from", "walker")
 
     def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
         super().__init__(vp_of)
@@ -83,11 +84,12 @@ class AdaptiveSnapshot(Snapshot):
                 table[vp] = vcpu
             self.table = tuple(table)
         self.walker = Walker(vp_of, vcpus)
-        below = 2
+        width = max(vp_of) + 1
         walk = self.walker.cost
-        while below < n and lookup_cost(below, MAX_VP_INDEX) < walk + WALK_PER_MEMBER * below:
-            below += 1
-        self.lookup_below = below
+        k = 2
+        while k < n and lookup_cost(k, width) < walk + WALK_PER_MEMBER * k:
+            k += 1
+        self.walk_from = k
 
 
 class AdaptiveMap(MapBase[AdaptiveSnapshot]):
@@ -101,12 +103,13 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
       with ``m & -m``; more go through ``set_bits``. O(banks + k): the cost follows the set's
       64-bit banks, not n.
     * **One member** (any map): one ``bit_length()`` and one dict lookup.
-    * **Small sets** (fewer than the snapshot's ``lookup_below`` members): per-member lookup,
-      ``frozenset(map(dict.get, members))`` (members peeled here, or by ``set_bits``). O(k).
-    * **Larger sets**: with at least n members, ``hits = mask & held`` keeps the ones some
-      vCPU holds, and if that is every held index the answer is the all-vCPUs frozenset
-      (O(banks)). Otherwise per-member lookup if :func:`lookup_cost` is below the walk's
-      cost, else walk every vCPU (:class:`~vpindex.vpmap.base.Walker`, O(n + W)).
+    * **Sets of at least n members**: ``hits = mask & held`` keeps the ones some vCPU holds;
+      if that is every held index the answer is the all-vCPUs frozenset (O(banks)).
+    * **Otherwise, by size**: fewer than the snapshot's ``walk_from`` members -> per-member
+      lookup, ``frozenset(map(dict.get, members))`` (members peeled here for k <= 12, else
+      extracted in C; a tuple instead of the dict when VP indexes are dense). O(k). From
+      ``walk_from`` members on -> walk every vCPU (:class:`~vpindex.vpmap.base.Walker`),
+      O(n + W). ``walk_from`` comes from the cost model, once per snapshot.
 
     Why the choice by size: a lookup costs per member (extracting it from the int, then a dict
     lookup), a walk costs per vCPU (at C speed) plus the set's width. Measured crossover: about
@@ -156,7 +159,7 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
         if k <= 1:
             vcpu = snap.vcpu_at.get(mask.bit_length() - 1)
             return _EMPTY if vcpu is None else frozenset((vcpu,))
-        if k >= snap.lookup_below:
+        if k >= snap.walk_from:
             if k >= self._n:  # only a set this large can name every held VP index
                 held = snap.held
                 hits = mask & held
@@ -164,7 +167,7 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
                     return self._all_vcpus
                 mask = hits
                 k = hits.bit_count()
-            if lookup_cost(k, mask.bit_length()) >= snap.walker.cost + WALK_PER_MEMBER * k:
+            if k >= snap.walk_from:
                 return snap.walker(mask)
         if k > PEEL_LIMIT:
             table = snap.table
