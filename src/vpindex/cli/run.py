@@ -4,6 +4,7 @@ checks every effect, and reports."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -38,46 +39,86 @@ def _kvm_reason() -> str | None:
     return kvm.unusable_reason()
 
 
-def _run_kvm(
-    *,
-    vcpus: int | None,
-    vp_indexes: list[int] | None,
-    scenario: str,
-    iterations: int,
-    strategy: str,
-    timeout: float,
-    guest: Path | None,
-    entry: int,
-    memory: int,
-    console: Console,
-    quiet: bool,
-) -> RunReport:
+@dataclass(frozen=True)
+class RunRequest:
+    """The validated options of one ``vpindex run``."""
+
+    backend: str
+    vcpus: int | None
+    mapping: str
+    vp_indexes: list[int] | None
+    workload: str
+    calls: int
+    strategy: str
+    scenario: str
+    iterations: int
+    guest: Path | None
+    entry: int
+    memory: int
+    timeout: float
+    seed: int
+    trace_out: Path | None
+    as_json: bool
+
+
+def _run_kvm(req: RunRequest, console: Console) -> RunReport:
     from vpindex.backends import kvm
 
-    if guest is not None:
+    reason = kvm.unusable_reason()
+    if reason is not None:
+        console.print(f"[bold red]KVM backend unusable:[/] {reason}")
+        raise typer.Exit(2)
+    n = req.vcpus or (len(req.vp_indexes) if req.vp_indexes else None)
+    if req.guest is not None:
         return kvm.run_guest(
-            str(guest),
-            entry=entry,
-            memory_mib=memory,
-            vcpus=vcpus or 1,
-            vp_indexes=vp_indexes,
-            strategy=strategy,
-            timeout=timeout,
+            str(req.guest),
+            entry=req.entry,
+            memory_mib=req.memory,
+            vcpus=n or 1,
+            vp_indexes=req.vp_indexes,
+            strategy=req.strategy,
+            timeout=req.timeout,
         )
-    if scenario == "scale":
+    if req.scenario == "scale":
         return kvm.run_scale(
-            vcpus=vcpus or 128, calls=iterations, strategy=strategy, timeout=max(timeout, 300.0)
+            vcpus=n or 128,
+            calls=req.iterations,
+            strategy=req.strategy,
+            timeout=max(req.timeout, 300.0),
         )
-    progress = None if quiet else console.log
     return kvm.run_suite(
-        vcpus=vcpus or (len(vp_indexes) if vp_indexes else 3),
-        vp_indexes=vp_indexes,
-        scenario=scenario,
-        iterations=iterations,
-        strategy=strategy,
-        timeout=timeout,
-        progress=progress,
+        vcpus=n or 3,
+        vp_indexes=req.vp_indexes,
+        scenario=req.scenario,
+        iterations=req.iterations,
+        strategy=req.strategy,
+        timeout=req.timeout,
+        progress=None if req.as_json else console.log,
     )
+
+
+def _run_sim(req: RunRequest, console: Console) -> RunReport:
+    trace: list[str] | None = [] if req.trace_out is not None else None
+    opts = SimOptions(
+        vcpus=req.vcpus or (len(req.vp_indexes) if req.vp_indexes else 8),
+        mapping=req.mapping,
+        vp_indexes=req.vp_indexes,
+        workload=req.workload,
+        calls=req.calls,
+        strategy=req.strategy,
+        seed=req.seed,
+        trace_out=trace,
+    )
+    if req.as_json or req.calls < 5000:
+        report = run_sim(opts)
+    else:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("hypercalls", total=req.calls)
+            opts.progress = lambda done, total: bar.update(task, completed=done)
+            report = run_sim(opts)
+    if req.trace_out is not None and trace is not None:
+        req.trace_out.write_text("\n".join(trace) + "\n")
+    return report
 
 
 @app.command()
@@ -131,12 +172,15 @@ def run(
     vps = parse_int_list(vp_indexes, "--vp-indexes") if vp_indexes else None
     if vps is not None and vcpus is not None and len(vps) != vcpus:
         raise typer.BadParameter(f"--vp-indexes names {len(vps)} VP indexes for {vcpus} vCPUs")
+    if backend == "auto":
+        backend = "kvm" if _kvm_reason() is None else "sim"
+    req = RunRequest(
+        backend, vcpus, mapping, vps, workload, calls, strategy, scenario, iterations, guest,
+        parse_int(entry, "--entry"), memory, timeout, seed, trace_out, as_json,
+    )  # fmt: skip
     console = Console(stderr=as_json)
     try:
-        report = _dispatch(
-            backend, vcpus, mapping, vps, workload, calls, strategy, scenario, iterations,
-            guest, entry, memory, timeout, seed, trace_out, as_json, console,
-        )  # fmt: skip
+        report = _run_kvm(req, console) if backend == "kvm" else _run_sim(req, console)
     except ValueError as err:  # host-side misuse: a clear message, no traceback
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
@@ -149,67 +193,3 @@ def run(
         render_report(console, report)
     if not report.ok:
         raise typer.Exit(1)
-
-
-def _dispatch(
-    backend: str,
-    vcpus: int | None,
-    mapping: str,
-    vps: list[int] | None,
-    workload: str,
-    calls: int,
-    strategy: str,
-    scenario: str,
-    iterations: int,
-    guest: Path | None,
-    entry: str,
-    memory: int,
-    timeout: float,
-    seed: int,
-    trace_out: Path | None,
-    as_json: bool,
-    console: Console,
-) -> RunReport:
-    if backend == "auto":
-        backend = "kvm" if _kvm_reason() is None else "sim"
-    if backend == "kvm":
-        reason = _kvm_reason()
-        if reason is not None:
-            console.print(f"[bold red]KVM backend unusable:[/] {reason}")
-            raise typer.Exit(2)
-        return _run_kvm(
-            vcpus=vcpus,
-            vp_indexes=vps,
-            scenario=scenario,
-            iterations=iterations,
-            strategy=strategy,
-            timeout=timeout,
-            guest=guest,
-            entry=parse_int(entry, "--entry"),
-            memory=memory,
-            console=console,
-            quiet=as_json,
-        )
-    else:
-        n = vcpus or (len(vps) if vps else 8)
-        trace: list[str] | None = [] if trace_out is not None else None
-        opts = SimOptions(
-            vcpus=n,
-            mapping=mapping,
-            vp_indexes=vps,
-            workload=workload,
-            calls=calls,
-            strategy=strategy,
-            seed=seed,
-            trace_out=trace,
-        )
-        if as_json or calls < 5000:
-            report = run_sim(opts)
-        else:
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task("hypercalls", total=calls)
-                opts.progress = lambda done, total: bar.update(task, completed=done)
-                report = run_sim(opts)
-        if trace_out is not None and trace is not None:
-            trace_out.write_text("\n".join(trace) + "\n")
-    return report
