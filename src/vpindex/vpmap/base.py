@@ -188,7 +188,7 @@ class Walker:
 
     * bit table: ``bin(mask | 1 << W)`` (a sentinel top bit fixes the length) +
       ``bytes.translate`` to 0/1 bytes, O(W); one ``itemgetter`` call reads every vCPU's byte
-      (bit ``vp`` sits at byte ``W + 2 - vp``). Chosen only while W <= 14 n or so, so the
+      (bit ``vp`` sits at byte ``W + 2 - vp``). Chosen only while W <= 9 n or so, so the
       sentinel int it keeps is O(n) bits;
     * byte table: ``mask.to_bytes``, O(W / 8); one ``itemgetter`` call reads every vCPU's byte
       and ``map(operator.and_, ...)`` tests its bit. Dearer per vCPU but with no per-bit
