@@ -49,16 +49,17 @@ def _panel_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    single = cols == ["-"]  # one panel per mapping: lay them out in a row
+    shape = (1, len(rows)) if single else (len(rows), len(cols))
     fig, axes = plt.subplots(
-        len(rows),
-        len(cols),
-        figsize=(1.0 + 3.6 * len(cols), 1.2 + 2.8 * len(rows)),
+        *shape,
+        figsize=(1.0 + 3.6 * shape[1], 1.2 + 2.8 * shape[0]),
         squeeze=False,
         layout="constrained",
     )
     for i, mapping in enumerate(rows):
         for j, col in enumerate(cols):
-            ax = axes[i][j]
+            ax = axes[0][i] if single else axes[i][j]
             lines: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
             for r in results:
                 if r["mapping"] == mapping and str(r[col_key]) == col:
@@ -74,11 +75,11 @@ def _panel_grid(
                                 color=colour, alpha=0.15)  # fmt: skip
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_title(f"{mapping}, {col_key} {col}", fontsize=9)
+            ax.set_title(mapping if single else f"{mapping}, {col_key} {col}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-            if i == len(rows) - 1:
+            if single or i == len(rows) - 1:
                 ax.set_xlabel("N (vCPUs)")
-            if j == 0:
+            if (i == 0) if single else (j == 0):
                 ax.set_ylabel(ylabel)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
