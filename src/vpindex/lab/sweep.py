@@ -257,7 +257,6 @@ class SweepResult:
     config: SweepConfig
     results: list[CellResult] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
-    skipped: list[Cell] = field(default_factory=list)
     #: groups measured twice because their first samples were too spread
     rechecked: int = 0
     elapsed_s: float = 0.0
