@@ -21,7 +21,7 @@ import struct
 from itertools import compress
 from typing import Final
 
-__all__ = ["set_bits"]
+__all__ = ["BIT_POSITIONS", "set_bits"]
 
 #: popcount at or below which peeling single bits beats the other two paths.
 _PEEL_LIMIT: Final = 12
@@ -29,7 +29,7 @@ _PEEL_LIMIT: Final = 12
 _SPARSE_RATIO: Final = 16
 _ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
 #: Positions 0..4095 as ready-made ints: ``compress`` hands them out without allocating.
-_POSITIONS: Final = tuple(range(4096))
+BIT_POSITIONS: Final = tuple(range(4096))
 
 
 def set_bits(mask: int) -> list[int]:
@@ -56,5 +56,5 @@ def set_bits(mask: int) -> list[int]:
                 word ^= low
         return out
     flags = bin(mask).encode("ascii").translate(_ASCII_TO_BIT)[:1:-1]
-    positions = _POSITIONS if width <= len(_POSITIONS) else range(width)
+    positions = BIT_POSITIONS if width <= len(BIT_POSITIONS) else range(width)
     return list(compress(positions, flags))

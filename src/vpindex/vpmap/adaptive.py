@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from itertools import compress
 from typing import Final
 
-from vpindex.abi.bits import _POSITIONS, set_bits
+from vpindex.abi.bits import BIT_POSITIONS, set_bits
 from vpindex.abi.vpset import VpSet
 from vpindex.vpmap.base import WALK_PER_MEMBER, MapBase, Snapshot, Walker
 
@@ -51,7 +51,7 @@ def _members(mask: int, k: int) -> Iterable[int]:
     w = mask.bit_length()
     if w > 256 and 16 * k < w:  # sparse: set_bits' word path
         return set_bits(mask)
-    return compress(_POSITIONS, bin(mask).encode("ascii").translate(_ASCII_TO_BIT)[:1:-1])
+    return compress(BIT_POSITIONS, bin(mask).encode("ascii").translate(_ASCII_TO_BIT)[:1:-1])
 
 
 class AdaptiveSnapshot(Snapshot):

@@ -31,6 +31,7 @@ __all__ = [
     "Walker",
     "check_dimensions",
     "owned_nbytes",
+    "scan_vp_indexes",
 ]
 
 
@@ -115,6 +116,15 @@ class VpIndexMap(Protocol):
     def __len__(self) -> int:
         """Number of vCPUs."""
         ...
+
+
+def scan_vp_indexes(vp_of: tuple[int, ...], vp_index: int) -> int | None:
+    """The first vCPU whose VP index is ``vp_index``, by scanning them all (O(n), in C), or
+    None: the lookup of a map that keeps no index."""
+    try:
+        return vp_of.index(vp_index)
+    except ValueError:
+        return None
 
 
 def check_dimensions(n_vcpus: int, max_vp_index: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vpindex.abi.bits import set_bits
 from vpindex.abi.vpset import VpSet
-from vpindex.vpmap.base import MapBase
+from vpindex.vpmap.base import MapBase, scan_vp_indexes
 from vpindex.vpmap.walk import WalkSnapshot
 
 __all__ = ["MismatchMap"]
@@ -48,10 +48,7 @@ class MismatchMap(MapBase[MismatchSnapshot]):
             return vp_index
         if snap.mismatched == 0:
             return None
-        try:
-            return snap.vp_of.index(vp_index)
-        except ValueError:
-            return None
+        return scan_vp_indexes(snap.vp_of, vp_index)
 
     def resolve(self, vpset: VpSet) -> frozenset[int]:
         """Identity: the set's bits below n. Otherwise: walk every vCPU."""

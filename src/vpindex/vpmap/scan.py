@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vpindex.abi.bits import set_bits
 from vpindex.abi.vpset import VpSet
-from vpindex.vpmap.base import MapBase, Snapshot
+from vpindex.vpmap.base import MapBase, Snapshot, scan_vp_indexes
 
 __all__ = ["ScanMap"]
 
@@ -26,10 +26,7 @@ class ScanMap(MapBase[Snapshot]):
 
     def vcpu_of(self, vp_index: int) -> int | None:
         """O(n): scan every vCPU's VP index."""
-        try:
-            return self._snap.vp_of.index(vp_index)
-        except ValueError:
-            return None
+        return scan_vp_indexes(self._snap.vp_of, vp_index)
 
     def resolve(self, vpset: VpSet) -> frozenset[int]:
         """O(k * n): one scan of the vCPUs per member of the set."""

@@ -4,7 +4,7 @@ path when some VP index differs from its vCPU index)."""
 from __future__ import annotations
 
 from vpindex.abi.vpset import VpSet
-from vpindex.vpmap.base import MapBase, Snapshot, Walker
+from vpindex.vpmap.base import MapBase, Snapshot, Walker, scan_vp_indexes
 
 __all__ = ["WalkMap"]
 
@@ -39,10 +39,7 @@ class WalkMap(MapBase[WalkSnapshot]):
 
     def vcpu_of(self, vp_index: int) -> int | None:
         """O(n): scan every vCPU's VP index."""
-        try:
-            return self._snap.vp_of.index(vp_index)
-        except ValueError:
-            return None
+        return scan_vp_indexes(self._snap.vp_of, vp_index)
 
     def resolve(self, vpset: VpSet) -> frozenset[int]:
         """O(n + W): one membership test per vCPU."""
