@@ -167,7 +167,12 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
                     return self._all_vcpus
                 mask = hits
                 k = hits.bit_count()
-            if k >= snap.walk_from:
+            # walk_from assumes a set as wide as the held VP indexes; a small set that is
+            # narrower is cheaper to peel than that, so ask the model with its own width.
+            if k >= snap.walk_from and (
+                k > PEEL_LIMIT
+                or lookup_cost(k, mask.bit_length()) >= snap.walker.cost + WALK_PER_MEMBER * k
+            ):
                 return snap.walker(mask)
         if k > PEEL_LIMIT:
             table = snap.table
