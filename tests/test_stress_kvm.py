@@ -36,6 +36,7 @@ if _REASON is not None:
     pytest.skip(f"KVM unusable: {_REASON}", allow_module_level=True)
 
 from vpindex.backends.kvm.guests.suite import IPI_VECTOR, Kind, Map, PerCpu  # noqa: E402
+from vpindex.backends.kvm.guests.suite import Case as Record  # noqa: E402
 from vpindex.backends.kvm.suite import (  # noqa: E402
     CaseSpec,
     SenderPlan,
@@ -164,3 +165,91 @@ def test_the_guest_check_sees_a_changed_target() -> None:
     # the engine still reached exactly one holder of VP 2 per call, and the guest agrees
     assert all(len(e.targets) == 1 and e.targets[0] in (1, 3) for e in run.events)
     assert run.guest_counts == run.engine_counts
+
+
+@pytest.mark.timeout(600)
+def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> None:
+    """Swaps that *do* move targets: single VP indexes and pairs across the swap pairs, while
+    the VMM swaps any two receivers. The guest only checks RAX here (CALL_ONLY); each call's
+    targets, from the engine's event log, must equal the holders of its VP set in a map that
+    was published at some moment of the call (host timestamps of every swap, before and after
+    publishing), and no receiver may count more interrupts than the engine delivered to it."""
+    sets = [{2}, {65}, {130}, {4000}, {2, 130}, {65, 200, 4000}]
+    cases = []
+    for k, vps in enumerate(sets):
+        call = encode_call(
+            HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX, VpSet.of(vps), mode="slow", vector=IPI_VECTOR
+        )
+        cases.append(CaseSpec(f"moving/{k}", Kind.CALL_ONLY, call, frozenset(), expected_rax(call)))
+    iterations = max(ITERATIONS // 2, 50)
+    plan = SenderPlan(0, cases, list(range(len(VPS))), iterations)
+    sm = SuiteMachine(vcpus=len(VPS), vp_indexes=VPS, roles=["sender"] + ["idle"] * 5, plans=[plan])
+    try:
+        p = sm.machine.partition
+        p.log_events = True
+        stop = threading.Event()
+        # (published no earlier than, published no later than, vCPU -> VP index)
+        history: list[tuple[int, int, tuple[int, ...]]] = [(-1, -1, tuple(VPS))]
+
+        def swapper() -> None:
+            rng = random.Random(11)
+            while not stop.is_set() and not all(
+                sm.percpu(i, PerCpu.READY) for i in range(len(VPS))
+            ):
+                time.sleep(0.001)
+            while not stop.is_set():
+                a, b = rng.sample(range(1, len(VPS)), 2)
+                cur = list(history[-1][2])
+                cur[a], cur[b] = cur[b], cur[a]
+                t0 = time.perf_counter_ns()
+                p.assign_vp_indexes({a: cur[a], b: cur[b]})
+                history.append((t0, time.perf_counter_ns(), tuple(cur)))
+                time.sleep(0.0002)
+
+        t = threading.Thread(target=swapper, name="vmm-swapper", daemon=True)
+        t.start()
+        try:
+            sm.run(timeout=480)
+        finally:
+            stop.set()
+            t.join(5)
+        results = sm.case_results(plan)
+        assert all(r.passed for r in results), [r for r in results if not r.passed]
+        input_gpa = {
+            plan.addrs["cases"] + k * Record.SIZE + Record.INPUT: frozenset(vps)
+            for k, vps in enumerate(sets)
+        }
+        events = [e for e in p.events if e.code == HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX]
+        assert len(events) == len(cases) * iterations
+        moved = torn = 0
+        first_targets: dict[frozenset[int], frozenset[int]] = {}
+        for e in events:
+            vps = input_gpa[e.rdx]
+            start, end = e.start_ns, e.start_ns + e.duration_ns
+            candidates = [
+                vp_of
+                for i, (t_before, _, vp_of) in enumerate(history)
+                if t_before <= end and (i + 1 == len(history) or history[i + 1][1] >= start)
+            ]
+            got = frozenset(e.targets)
+            if all(got != frozenset(v for v, vp in enumerate(m) if vp in vps) for m in candidates):
+                torn += 1
+            if first_targets.setdefault(vps, got) != got:
+                moved += 1
+        assert torn == 0, f"{torn} calls reached vCPUs no map of their window gives"
+        assert moved > 0, "no call's targets changed: the swaps did not race the calls"
+        mem = sm.machine.vm.memory
+        for v in range(1, len(VPS)):
+            guest = struct.unpack_from("<Q", mem, Map.COUNTERS + 8 * VPS[v])[0]
+            assert guest <= len(p.vcpu(v).ipis), (v, guest, len(p.vcpu(v).ipis))
+        received = sum(
+            struct.unpack_from("<Q", mem, Map.COUNTERS + 8 * VPS[v])[0] for v in range(1, len(VPS))
+        )
+        print(
+            f"\n[stress] kvm moving targets: {len(events)} IPI hypercalls, {len(history) - 1} "
+            f"swaps, {moved} calls reached other vCPUs than the first call of their set, 0 torn; "
+            f"{received} of {sum(len(p.vcpu(v).ipis) for v in range(1, len(VPS)))} interrupts "
+            "counted by the guest (the LAPIC merges back-to-back ones)"
+        )
+    finally:
+        sm.close()
