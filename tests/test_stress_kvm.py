@@ -23,6 +23,7 @@ import random
 import struct
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import pytest
@@ -223,14 +224,16 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
         assert len(events) == len(cases) * iterations
         moved = torn = 0
         first_targets: dict[frozenset[int], frozenset[int]] = {}
+        befores = [h[0] for h in history]
+        afters = [h[1] for h in history]
         for e in events:
             vps = input_gpa[e.rdx]
             start, end = e.start_ns, e.start_ns + e.duration_ns
-            candidates = [
-                vp_of
-                for i, (t_before, _, vp_of) in enumerate(history)
-                if t_before <= end and (i + 1 == len(history) or history[i + 1][1] >= start)
-            ]
+            # map i may be current from befores[i] until afters[i + 1]: candidates are those
+            # with befores[i] <= end and afters[i + 1] >= start (a contiguous range)
+            hi = bisect_right(befores, end)
+            lo = max(bisect_left(afters, start) - 1, 0)
+            candidates = [vp_of for _, _, vp_of in history[lo:hi]]
             got = frozenset(e.targets)
             if all(got != frozenset(v for v, vp in enumerate(m) if vp in vps) for m in candidates):
                 torn += 1
