@@ -245,3 +245,28 @@ def test_concurrent_callers_lose_no_effect():
         assert len(p.vcpu(v).flushes) == 4 * rounds
         assert all(len(f.gvas) == 1 for f in p.vcpu(v).flushes)
     assert len(p.events) == 8 * rounds
+
+
+def test_history_bounds_every_record_list():
+    p = Partition(4, history=8)
+    p.enable_hypercalls()
+    for i in range(100):
+        space_call(p, 0xF)
+        p.hypercall(i % 4, 0x1000B, 0x20 + i % 16, 0b1111)  # fast IPI to VPs 0-3
+    for v in range(4):
+        assert 8 <= len(p.vcpu(v).flushes) <= 16
+        assert 8 <= len(p.vcpu(v).ipis) <= 16
+        assert p.vcpu(v).ipis[-1] == 0x20 + 99 % 16  # the newest records are the ones kept
+    assert 8 <= len(p.events) <= 16
+    assert p.events[-1].rdx == 0x20 + 99 % 16
+
+
+def test_history_is_validated_and_unbounded_by_default():
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ValueError, match="history"):
+            Partition(1, history=bad)  # type: ignore[arg-type]
+    p = Partition(1)
+    p.enable_hypercalls()
+    for _ in range(300):
+        space_call(p, 0x1)
+    assert len(p.vcpu(0).flushes) == 300

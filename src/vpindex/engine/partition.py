@@ -68,6 +68,10 @@ class Partition:
         platform: the VMM side (real interrupt injection and TLB flushes); None for the embedded
             software partition, where every effect is applied synchronously.
         log_events: keep an :class:`HypercallEvent` per call in :attr:`events`.
+        history: None keeps every record (``VcpuState.ipis``/``flushes``, :attr:`events`) for
+            the life of the partition. A number N bounds them for a long-running VMM whose
+            guest may call forever: every N calls, each list is cut to its newest N entries,
+            so none ever holds more than 2N (amortized O(n_vcpus / N) per call).
 
     Thread safety: hypercalls may be served concurrently from several vCPU threads; VP-index
     reads never lock; VP-index writes publish a new snapshot atomically.
@@ -84,7 +88,12 @@ class Partition:
         max_vp_index: int = 4096,
         platform: Platform | None = None,
         log_events: bool = True,
+        history: int | None = None,
     ) -> None:
+        if history is not None and (
+            not isinstance(history, int) or isinstance(history, bool) or history < 1
+        ):
+            raise ValueError(f"history must be None or an int >= 1, got {history!r}")
         if features is None:
             features = Features.all()
         if not isinstance(features, Features):
@@ -109,6 +118,8 @@ class Partition:
         self._guest_os_id = 0
         self._hypercall_msr = 0
         self._started = False
+        self._history = history
+        self._calls_since_trim = 0
 
     def _memory(self) -> GuestMemory:
         return self.memory
@@ -279,7 +290,20 @@ class Partition:
             self._log(vcpu, rcx, rdx, r8, 0, (), start, header, fault.vector)
             raise
         self._log(vcpu, rcx, rdx, r8, result, targets, start, header, None)
+        if self._history is not None:
+            self._calls_since_trim += 1
+            if self._calls_since_trim >= self._history:
+                self._trim(self._history)
         return result
+
+    def _trim(self, keep: int) -> None:
+        self._calls_since_trim = 0
+        for state in self._vcpus:
+            for records in (state.ipis, state.flushes):
+                if len(records) > keep:
+                    del records[:-keep]
+        if len(self.events) > keep:
+            del self.events[:-keep]
 
     def _log(
         self,
