@@ -4,7 +4,8 @@ Every call is declared once as a *shape* (header size, whether it carries an HV_
 where, whether it is a rep call), after OpenVMM's hv1 call shapes. The input block is assembled
 the same way for every calling convention, so one decoder serves them all:
 
-* memory-based: ``need`` bytes at the input GPA (RDX);
+* memory-based: ``need`` bytes at the input GPA (RDX), copied once out of guest memory so
+  that what is validated is what is used;
 * fast: RDX, R8, then XMM0..XMM5, i.e. a contiguous block of up to 112 bytes (the TLFS fast
   layout; the plain SEND_SYNTHETIC_CLUSTER_IPI uses only RDX and R8).
 
@@ -139,7 +140,9 @@ def _block(
     view = memory_view(rdx, need)
     if view is None:
         raise HvError(_INPUT, f"input of {need} bytes at GPA {rdx:#x} is outside guest memory")
-    return view
+    # Copy once, then validate and decode the copy: guest RAM is shared with running vCPUs,
+    # and a check made on memory the guest can rewrite mid-call is no check (double fetch).
+    return bytes(view)
 
 
 def decode_request(
