@@ -61,12 +61,30 @@ class AdaptiveSnapshot(Snapshot):
     2n), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``walk_from``: the set size
     from which the walk is cheaper than per-member lookup, by :func:`lookup_cost` for a set as
     wide as the held VP indexes against the walker's cost (capped at n). Computed once per
-    snapshot, so a resolve decides with one comparison."""
+    snapshot, so a resolve decides with one comparison.
 
-    __slots__ = ("full", "held", "identity", "table", "vcpu_at", "walk_from", "walker")
+    Built lazily: publishing a snapshot stores only ``vp_of`` (an update costs what any map's
+    validation costs), and the first read of an index field builds them all. Until then the
+    slots are unset, so that read falls through to ``__getattr__``; every later read is a plain
+    slot load, as fast as an eager build. Readers still take no lock: two first readers may
+    both build, from the same immutable ``vp_of``, and store equal values, so any reader sees
+    either an unset slot (and builds) or a correct value."""
+
+    __slots__ = ("full", "held", "identity", "table", "vcpu_at", "vcpus", "walk_from", "walker")
 
     def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
         super().__init__(vp_of)
+        self.vcpus = vcpus
+
+    def __getattr__(self, name: str) -> object:
+        # Reached only for a slot not set yet: build the index, then read the slot.
+        if name not in _INDEX_FIELDS:
+            raise AttributeError(name)
+        self._build_index()
+        return object.__getattribute__(self, name)
+
+    def _build_index(self) -> None:
+        vp_of, vcpus = self.vp_of, self.vcpus
         n = len(vp_of)
         self.full = (1 << n) - 1
         self.identity = vp_of == vcpus
@@ -90,6 +108,11 @@ class AdaptiveSnapshot(Snapshot):
         while k < n and lookup_cost(k, width) < walk + WALK_PER_MEMBER * k:
             k += 1
         self.walk_from = k
+
+
+_INDEX_FIELDS: Final = frozenset(
+    {"full", "held", "identity", "table", "vcpu_at", "walk_from", "walker"}
+)
 
 
 class AdaptiveMap(MapBase[AdaptiveSnapshot]):
@@ -125,6 +148,11 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
 
     def _build(self, vp_of: tuple[int, ...]) -> AdaptiveSnapshot:
         return AdaptiveSnapshot(vp_of, self._vcpus)
+
+    def nbytes(self) -> int:
+        """See :meth:`VpIndexMap.nbytes`; counts the index, building it if no read has yet."""
+        _ = self._snap.identity
+        return super().nbytes()
 
     def vcpu_of(self, vp_index: int) -> int | None:
         """O(1): one dict subscript (faster than ``dict.get``: no method call; a miss pays for
