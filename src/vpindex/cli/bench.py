@@ -29,21 +29,10 @@ from vpindex.lab.sweep import (
     parse_targets,
     run_sweep,
 )
-from vpindex.lab.timing import clock_name, use_clock
+from vpindex.lab.timing import clock_name, format_ns, use_clock
 from vpindex.vpmap import STRATEGIES
 
-__all__ = ["bench", "format_ns"]
-
-
-def format_ns(ns: float) -> str:
-    """A duration for a table: ``812 ns``, ``3.4 µs``, ``12.1 ms``."""
-    if ns >= 1e6:
-        return f"{ns / 1e6:.2f} ms"
-    if ns >= 1e4:
-        return f"{ns / 1e3:.0f} µs"
-    if ns >= 1e3:
-        return f"{ns / 1e3:.2f} µs"
-    return f"{ns:.0f} ns"
+__all__ = ["bench"]
 
 
 def _names(text: str | None, allowed: tuple[str, ...], option: str) -> tuple[str, ...] | None:

@@ -13,11 +13,10 @@ from rich.table import Table
 
 from vpindex.abi.vpset import MAX_VP_INDEX
 from vpindex.cli.app import app
-from vpindex.cli.bench import format_ns
 from vpindex.cli.parsing import parse_int_list
 from vpindex.lab.replay import parse_trace
 from vpindex.lab.replay import replay as replay_trace
-from vpindex.lab.timing import CLOCKS, use_clock
+from vpindex.lab.timing import CLOCKS, format_ns, use_clock
 from vpindex.vpmap import STRATEGIES
 
 __all__ = ["replay"]

@@ -12,20 +12,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["SECTIONS", "fill", "fmt_ns"]
+from vpindex.lab.timing import format_ns
+
+__all__ = ["SECTIONS", "fill"]
 
 Doc = dict[str, Any]
 _TOL: Final = 1.10
-
-
-def fmt_ns(ns: float) -> str:
-    if ns >= 1e6:
-        return f"{ns / 1e6:.2f} ms"
-    if ns >= 1e4:
-        return f"{ns / 1e3:.0f} µs"
-    if ns >= 1e3:
-        return f"{ns / 1e3:.2f} µs"
-    return f"{ns:.0f} ns"
 
 
 def _strategies(doc: Doc) -> list[str]:
@@ -55,9 +47,9 @@ def _grid(doc: Doc, op: str, variant: str | None = None) -> str:
             if r is None:
                 line.append("")
             elif r["best"]:
-                line.append(f"**{fmt_ns(r['median_ns'])}**")
+                line.append(f"**{format_ns(r['median_ns'])}**")
             else:
-                text = f"{fmt_ns(r['median_ns'])} ×{r['ratio_to_best']:.2f}"
+                text = f"{format_ns(r['median_ns'])} ×{r['ratio_to_best']:.2f}"
                 if s == "adaptive" and r["ratio_to_best"] > _TOL:
                     text = f"_{text}_ ⚠"
                 line.append(text)
@@ -129,8 +121,8 @@ def _worst(
         spread = (r["q3_ns"] - r["q1_ns"]) / r["median_ns"] if r["median_ns"] else 0.0
         out.append(
             f"| {r['op']} | {r['mapping']} | {r['n']} | {r['targets']} ({r['k']}) | "
-            f"{r['variant']} | {fmt_ns(r['median_ns'])} | {b['strategy']} "
-            f"{fmt_ns(b['median_ns'])} | {r['ratio_to_best']:.2f} | "
+            f"{r['variant']} | {format_ns(r['median_ns'])} | {b['strategy']} "
+            f"{format_ns(b['median_ns'])} | {r['ratio_to_best']:.2f} | "
             f"{r.get('ratio_min_to_best', 0.0):.2f} | {spread:.2f} |"
         )
     return "\n".join(out) + "\n"

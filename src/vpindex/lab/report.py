@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from vpindex.lab.sweep import CellResult, SweepResult
-from vpindex.lab.timing import clock_name
+from vpindex.lab.timing import clock_name, format_ns
 
 __all__ = ["SCHEMA", "Goal", "evaluate_goals", "machine_info", "sweep_to_json", "worst_adaptive"]
 
@@ -69,14 +69,6 @@ def worst_adaptive(results: Iterable[CellResult], limit: int = 10) -> list[CellR
     return sorted(mine, key=lambda r: r.ratio, reverse=True)[:limit]
 
 
-def _fmt_ns(ns: float) -> str:
-    if ns >= 1e6:
-        return f"{ns / 1e6:.2f} ms"
-    if ns >= 1e3:
-        return f"{ns / 1e3:.1f} µs"
-    return f"{ns:.0f} ns"
-
-
 def evaluate_goals(sweep: SweepResult) -> list[Goal]:
     """The five goals of issue 6, judged on whatever cells ``sweep`` contains."""
     res = sweep.results
@@ -130,8 +122,8 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
         growth = hi.timing.median / lo.timing.median
         oks.append(slope < SLOPE_PER_BANK_NS)
         parts.append(
-            f"targets={label}: {_fmt_ns(lo.timing.median)} at N={lo.cell.n} -> "
-            f"{_fmt_ns(hi.timing.median)} at N={hi.cell.n} (x{growth:.1f} for x"
+            f"targets={label}: {format_ns(lo.timing.median)} at N={lo.cell.n} -> "
+            f"{format_ns(hi.timing.median)} at N={hi.cell.n} (x{growth:.1f} for x"
             f"{hi.cell.n // lo.cell.n} N), {slope:.1f} ns per added bank"
         )
         walk = {
@@ -158,8 +150,8 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
             f = s[0].timing.median / a[0].timing.median
             oks.append(f >= 10)
             parts.append(
-                f"{mapping}: scan {_fmt_ns(s[0].timing.median)} / adaptive "
-                f"{_fmt_ns(a[0].timing.median)} = {f:.1f}x"
+                f"{mapping}: scan {format_ns(s[0].timing.median)} / adaptive "
+                f"{format_ns(a[0].timing.median)} = {f:.1f}x"
             )
     goals.append(
         Goal(
@@ -197,7 +189,7 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
         )
         if h:
             oks.append(h[0].timing.median < 100_000)
-            parts.append(f"{mapping}: {_fmt_ns(h[0].timing.median)}")
+            parts.append(f"{mapping}: {format_ns(h[0].timing.median)}")
     goals.append(
         Goal(
             "128-target Ex flush (slow) through Partition.hypercall < 100 µs",

@@ -41,6 +41,7 @@ __all__ = [
     "calibrate",
     "clock_name",
     "clock_ns",
+    "format_ns",
     "measure",
     "measure_interleaved",
     "quartiles",
@@ -256,3 +257,14 @@ def measure_interleaved(
             if r < counts[i]:
                 samples[i].append(_timed(body, loops[i], disable_gc) / (loops[i] * calls[i]))
     return [Timing(loops[i], calls[i], tuple(samples[i])) for i in range(n)]
+
+
+def format_ns(ns: float) -> str:
+    """A duration for a table or a summary: ``812 ns``, ``3.40 µs``, ``34 µs``, ``12.10 ms``."""
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e4:
+        return f"{ns / 1e3:.0f} µs"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
