@@ -32,7 +32,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -136,6 +136,48 @@ def window(history: list[tuple[int, ...]], lo: int, hi: int) -> list[tuple[int, 
 # -- map level --------------------------------------------------------------------------------
 
 
+def race(
+    reader: Callable[[int], None],
+    publish_set: Callable[[int, int], None],
+    publish_assign: Callable[[dict[int, int]], None],
+    writer: Writer,
+    counts: list[int],
+    stop: threading.Event,
+    errors: list[str],
+) -> None:
+    """Run READERS threads of ``reader(i)`` against one writer that, every READS_PER_WRITE
+    reads, records ``writer.next_map()`` in the history and then publishes it with
+    ``publish_set`` (a single move) or ``publish_assign``; stop when the readers are done."""
+
+    def write_loop() -> None:
+        last = 0
+        while not stop.is_set() and not errors:
+            done = sum(counts)
+            if done - last < READS_PER_WRITE:
+                time.sleep(0)
+                continue
+            last = done
+            kind, new, change = writer.next_map()
+            writer.history.append(new)  # recorded before it is published
+            if kind == "set":
+                ((vcpu, vp),) = change.items()
+                publish_set(vcpu, vp)
+            else:
+                publish_assign(change)
+            writer.writes[kind] += 1
+
+    with fast_switching():
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(READERS)]
+        w = threading.Thread(target=write_loop)
+        w.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        w.join()
+
+
 @dataclass
 class MapRun:
     reads: int
@@ -185,33 +227,7 @@ def run_map_stress(m: VpIndexMap, reads_wanted: int, seed: str) -> MapRun:
                 n += 1
             counts[idx] = n
 
-    def write_loop() -> None:
-        last = 0
-        while not stop.is_set() and not errors:
-            done = sum(counts)
-            if done - last < READS_PER_WRITE:
-                time.sleep(0)
-                continue
-            last = done
-            kind, new, change = writer.next_map()
-            history.append(new)
-            if kind == "set":
-                ((vcpu, vp),) = change.items()
-                m.set(vcpu, vp)
-            else:
-                m.assign(change)
-            writer.writes[kind] += 1
-
-    with fast_switching():
-        threads = [threading.Thread(target=reader, args=(i,)) for i in range(READERS)]
-        w = threading.Thread(target=write_loop)
-        w.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        stop.set()
-        w.join()
+    race(reader, m.set, m.assign, writer, counts, stop, errors)
     if not errors and m.mapping() != dict(enumerate(history[-1])):
         errors.append("final mapping() is not the last map published")
     return MapRun(sum(counts), len(history) - 1, writer.writes, errors)
@@ -361,33 +377,7 @@ def test_engine_ipis_follow_the_vp_index_under_swaps() -> None:
                     mine[t] += 1
             counts[idx] = n
 
-    def vmm() -> None:
-        last = 0
-        while not stop.is_set() and not errors:
-            done = sum(counts)
-            if done - last < READS_PER_WRITE:
-                time.sleep(0)
-                continue
-            last = done
-            kind, new, change = writer.next_map()
-            history.append(new)
-            if kind == "set":
-                ((vcpu, vp),) = change.items()
-                p.set_vp_index(vcpu, vp)
-            else:
-                p.assign_vp_indexes(change)
-            writer.writes[kind] += 1
-
-    with fast_switching():
-        threads = [threading.Thread(target=vcpu_thread, args=(i,)) for i in range(READERS)]
-        w = threading.Thread(target=vmm)
-        w.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        stop.set()
-        w.join()
+    race(vcpu_thread, p.set_vp_index, p.assign_vp_indexes, writer, counts, stop, errors)
     assert not errors, errors[:5]
     for row in per_thread:
         for t, c in enumerate(row):
