@@ -29,7 +29,7 @@ from vpindex.engine.msr import (
     HYPERCALL_PAGE_MASK,
 )
 from vpindex.engine.platform import Platform, SynchronousPlatform
-from vpindex.engine.vcpu import Flush, FlushRecords, VcpuState, expand_entries
+from vpindex.engine.vcpu import FlushRecords, VcpuState
 from vpindex.vpmap import VpIndexMap, make_map
 
 __all__ = ["LINUX_GUEST_OS_ID", "Partition", "PartitionStateError"]
@@ -107,8 +107,8 @@ class Partition:
         )
         self._features = features
         self._flush_lock = threading.Lock()
-        records = FlushRecords()
-        self._vcpus = [VcpuState(i, self._flush_lock, records) for i in range(n_vcpus)]
+        self._records = FlushRecords()
+        self._vcpus = [VcpuState(i, self._flush_lock, self._records) for i in range(n_vcpus)]
         self._all_targets = tuple(range(n_vcpus))
         self._platform: Platform = platform or SynchronousPlatform(self.vcpu, self._memory)
         self._synchronous = platform is None
@@ -361,7 +361,7 @@ class Partition:
         if self._synchronous:
             # Every synchronous call drains what it queued before returning, so the queues are
             # empty here and each target applies exactly this request: build it once.
-            record = Flush(True, (), space) if not entries else expand_entries(entries, space)
+            record = self._records.build(not entries, entries, space)
             vcpus = self._vcpus
             for t in targets:
                 vcpus[t].flushes.append(record)
