@@ -33,7 +33,7 @@ from vpindex.abi import (
     encode_gva_list,
 )
 
-__all__ = ["MAX_FAST_INPUT", "EncodedCall", "encode_call", "flush_tlb", "send_ipi"]
+__all__ = ["MAX_FAST_INPUT", "EncodedCall", "encode_call", "flush_code", "flush_tlb", "send_ipi"]
 
 #: Bytes a fast call can carry: RDX, R8 and XMM0-XMM5.
 MAX_FAST_INPUT: Final = 112
@@ -145,6 +145,12 @@ _FLUSH_CODES: Final = {
 }
 
 
+def flush_code(*, gva_list: bool, ex: bool) -> HvCallCode:
+    """The flush call for a request: LIST when it carries GVA ranges, else SPACE; the Ex form
+    when it names VP indexes of 64 or more."""
+    return _FLUSH_CODES[gva_list, ex]
+
+
 def _fits_fast(features: Features) -> bool:
     return Features.XMM_HYPERCALL_INPUT in features
 
@@ -209,20 +215,8 @@ def flush_tlb(
     ex = not vp_set.is_all and vp_set.mask >> 64 != 0
     if gvas is not None and len(gvas) > (_PAGE - 32 - 8 * 64) // 8:
         gvas = None  # too many ranges for one input page: flush everything instead
-    if gvas is None:
-        code = (
-            HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX
-            if ex
-            else HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE
-        )
-        ranges: Sequence[GvaRange] = ()
-    else:
-        code = (
-            HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST_EX
-            if ex
-            else HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST
-        )
-        ranges = gvas
+    ranges: Sequence[GvaRange] = () if gvas is None else gvas
+    code = flush_code(gva_list=gvas is not None, ex=ex)
     carried = vp_set if ex or not vp_set.is_all else VpSet.of(())
     size = len(_block(code, carried, 0, flags, address_space)) + 8 * len(ranges)
     mode = "xmm" if _fits_fast(features) and size <= MAX_FAST_INPUT else "slow"

@@ -23,7 +23,7 @@ from vpindex.abi import MAX_VP_INDEX, FlushFlags, GvaRange, HvCallCode, HvStatus
 from vpindex.backends.report import CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, Scenario, flush_scenarios, ipi_scenarios
 from vpindex.engine import HV_X64_MSR_VP_INDEX, GuestFault, Partition
-from vpindex.guest import EncodedCall, encode_call, flush_tlb, send_ipi
+from vpindex.guest import EncodedCall, encode_call, flush_code, flush_tlb, send_ipi
 
 __all__ = ["MAPPINGS", "WORKLOADS", "SimOptions", "make_vp_indexes", "run_sim"]
 
@@ -169,18 +169,7 @@ def _any_encoding(
                 return encode_call(code, vp_set, mode=mode, vector=_IPI_VECTOR)
             except ValueError:
                 continue  # does not fit the registers: draw again
-        if gvas is None:
-            code = (
-                HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE_EX
-                if ex
-                else HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE
-            )
-        else:
-            code = (
-                HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST_EX
-                if ex
-                else HvCallCode.FLUSH_VIRTUAL_ADDRESS_LIST
-            )
+        code = flush_code(gva_list=gvas is not None, ex=ex)
         try:
             return encode_call(
                 code,
