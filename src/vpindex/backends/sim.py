@@ -22,6 +22,14 @@ from dataclasses import dataclass, field
 from vpindex.abi import MAX_VP_INDEX, FlushFlags, GvaRange, HvCallCode, HvStatus, VpSet
 from vpindex.backends.report import CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, Scenario, flush_scenarios, ipi_scenarios
+from vpindex.defaults import (
+    DEFAULT_STRATEGY,
+    SIM_CALLS,
+    SIM_MAPPING,
+    SIM_SEED,
+    SIM_VCPUS,
+    SIM_WORKLOAD,
+)
 from vpindex.engine import HV_X64_MSR_VP_INDEX, GuestFault, Partition
 from vpindex.guest import EncodedCall, encode_call, flush_code, flush_tlb, send_ipi
 
@@ -54,13 +62,13 @@ def make_vp_indexes(
 class SimOptions:
     """What ``vpindex run --backend sim`` runs."""
 
-    vcpus: int = 8
-    mapping: str = "shuffled"
+    vcpus: int = SIM_VCPUS
+    mapping: str = SIM_MAPPING
     vp_indexes: list[int] | None = None
-    workload: str = "mixed"
-    calls: int = 2000
-    strategy: str = "adaptive"
-    seed: int = 0
+    workload: str = SIM_WORKLOAD
+    calls: int = SIM_CALLS
+    strategy: str = DEFAULT_STRATEGY
+    seed: int = SIM_SEED
     progress: Callable[[int, int], None] | None = None
     trace_out: list[str] | None = field(default=None)
 

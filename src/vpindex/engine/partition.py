@@ -17,6 +17,7 @@ from vpindex.abi import (
     cpuid_leaves,
     hypercall_result,
 )
+from vpindex.defaults import DEFAULT_STRATEGY
 from vpindex.engine.calls import XMM_INPUT_BYTES, FlushRequest, decode_hypercall
 from vpindex.engine.events import HypercallEvent
 from vpindex.engine.faults import GP, UD, GuestFault
@@ -84,7 +85,7 @@ class Partition:
         memory_size: int = 1 << 20,
         memory: bytearray | mmap.mmap | memoryview | None = None,
         features: Features | None = None,
-        strategy: str = "adaptive",
+        strategy: str = DEFAULT_STRATEGY,
         max_vp_index: int = 4096,
         platform: Platform | None = None,
         log_events: bool = True,

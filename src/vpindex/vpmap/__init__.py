@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from vpindex.abi.vpset import MAX_VP_INDEX
+from vpindex.defaults import DEFAULT_STRATEGY
 from vpindex.vpmap.adaptive import AdaptiveMap
 from vpindex.vpmap.base import MapBase, VpIndexError, VpIndexMap
 from vpindex.vpmap.dense import DenseMap
@@ -43,7 +44,6 @@ STRATEGIES: Final[dict[str, type[MapBase]]] = {  # type: ignore[type-arg]
     "mismatch": MismatchMap,
     "adaptive": AdaptiveMap,
 }
-DEFAULT_STRATEGY: Final = "adaptive"
 
 
 def make_map(strategy: str, n_vcpus: int, *, max_vp_index: int = MAX_VP_INDEX) -> VpIndexMap:

@@ -1,0 +1,55 @@
+"""Every default a caller relies on, defined once: the library's functions and the CLI's options
+take their defaults from here. Pure constants, no imports beyond ``typing``.
+
+The KVM figures are those of the selftest-equivalent suite (sender VP 0 and receivers VP 2 and
+65 need 3 vCPUs) and of the 2018 review's scale case (128 vCPUs).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "KVM_GUEST_MEMORY_MIB",
+    "KVM_GUEST_TIMEOUT_S",
+    "KVM_GUEST_VCPUS",
+    "KVM_SCALE_CALLS",
+    "KVM_SCALE_TIMEOUT_S",
+    "KVM_SCALE_VCPUS",
+    "KVM_SUITE_ITERATIONS",
+    "KVM_SUITE_SCENARIO",
+    "KVM_SUITE_TIMEOUT_S",
+    "KVM_SUITE_VCPUS",
+    "SIM_CALLS",
+    "SIM_MAPPING",
+    "SIM_SEED",
+    "SIM_VCPUS",
+    "SIM_WORKLOAD",
+]
+
+#: The VP-index map strategy a Partition uses unless told otherwise.
+DEFAULT_STRATEGY: Final = "adaptive"
+
+#: ``vpindex run --backend sim``: vCPUs, how their VP indexes are laid out, the calls issued.
+SIM_VCPUS: Final = 8
+SIM_MAPPING: Final = "shuffled"
+SIM_WORKLOAD: Final = "mixed"
+SIM_CALLS: Final = 2000
+SIM_SEED: Final = 0
+
+#: The KVM suite (``run_suite``): vCPUs, scenario, iterations per case, seconds before "hung".
+KVM_SUITE_VCPUS: Final = 3
+KVM_SUITE_SCENARIO: Final = "all"
+KVM_SUITE_ITERATIONS: Final = 100
+KVM_SUITE_TIMEOUT_S: Final = 120.0
+
+#: A bring-your-own guest (``run_guest``): vCPUs, RAM, seconds before "hung".
+KVM_GUEST_VCPUS: Final = 1
+KVM_GUEST_MEMORY_MIB: Final = 16
+KVM_GUEST_TIMEOUT_S: Final = 30.0
+
+#: The scale case (``run_scale``): vCPUs, calls per sender, seconds before "hung".
+KVM_SCALE_VCPUS: Final = 128
+KVM_SCALE_CALLS: Final = 20
+KVM_SCALE_TIMEOUT_S: Final = 300.0
