@@ -1,9 +1,12 @@
 """The architecture rule, checked on the source: data flows abi -> vpmap -> engine -> backends
--> cli, nothing imports a layer above itself, and the core imports only the standard library."""
+-> cli, nothing imports a layer above itself, the core imports only the standard library, the
+KVM backend keeps the order its package docstring states, and no module imports itself through
+others (every import counts: function-local ones and those under ``TYPE_CHECKING`` too)."""
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "vpindex"
 # Rank of each top-level part of the package; a module may import only ranks <= its own.
 RANK = {
+    "defaults": 0,  # constants only
     "abi": 0,
     "vpmap": 1,
     "engine": 2,
@@ -23,7 +27,7 @@ RANK = {
     "__init__": 5,
     "__main__": 5,
 }
-CORE = ("abi", "vpmap", "engine")
+CORE = ("defaults", "abi", "vpmap", "engine")
 
 
 def _part(module: str) -> str:
@@ -54,6 +58,36 @@ def _imports(path: Path) -> list[str]:
 
 
 MODULES = _modules()
+NAMES = {m for m, _ in MODULES}
+
+
+def _resolved_imports(module: str, path: Path) -> set[str]:
+    """The vpindex modules ``module`` imports anywhere in its text: ``from p import m`` counts as
+    importing module ``p.m`` when that is a module, else package ``p``; relative imports are
+    resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in NAMES}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                if sub in NAMES:
+                    found.add(sub)
+                elif base in NAMES:
+                    found.add(base)
+    found.discard(module)
+    return found
+
+
+GRAPH = {m: _resolved_imports(m, p) for m, p in MODULES}
 
 
 @pytest.mark.parametrize(("module", "path"), MODULES, ids=[m for m, _ in MODULES])
@@ -82,3 +116,84 @@ def test_core_imports_only_the_standard_library(module: str, path: Path) -> None
 
 def test_every_part_of_the_package_has_a_rank() -> None:
     assert {_part(m) for m, _ in MODULES} <= set(RANK)
+
+
+# Until the CLI registers its commands explicitly (issue 10), the command modules and the app
+# import each other; no other cycle is allowed.
+_KNOWN_CYCLE_PREFIX = "vpindex.cli."
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    cycles = [c for c in _cycles(GRAPH) if not all(m.startswith(_KNOWN_CYCLE_PREFIX) for m in c)]
+    assert not cycles, f"modules that import each other: {cycles}"
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    """Control: the same check on a graph with a two-module cycle behind others."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"b"}, "d": set()}
+    assert _cycles(graph) == [["b", "c"]]
+
+
+KVM = "vpindex.backends.kvm"
+
+
+def _kvm_chain() -> list[list[str]]:
+    """The layers the KVM package docstring lists in its ``::`` block, in order."""
+    doc = ast.get_docstring(ast.parse((SRC / "backends" / "kvm" / "__init__.py").read_text()))
+    assert doc is not None
+    block = re.search(r"::\n\n((?:    .*\n?)+)", doc)
+    assert block is not None, "the KVM package docstring has no layer chain"
+    text = " ".join(block.group(1).split())
+    return [[f"{KVM}.{name.strip()}" for name in layer.split(",")] for layer in text.split("->")]
+
+
+def test_the_kvm_chain_names_every_module_once() -> None:
+    named = [m for layer in _kvm_chain() for m in layer]
+    modules = sorted(m for m in NAMES if m.startswith(KVM + "."))
+    assert sorted(named) == modules
+
+
+def test_kvm_modules_import_only_earlier_layers() -> None:
+    layer_of = {m: i for i, layer in enumerate(_kvm_chain()) for m in layer}
+    for module, rank in layer_of.items():
+        for imported in GRAPH[module]:
+            if imported.startswith(KVM + ".") and imported in layer_of:
+                assert layer_of[imported] < rank, (
+                    f"{module} (layer {rank}) imports {imported} (layer {layer_of[imported]})"
+                )
+            assert imported != KVM, f"{module} imports the package {KVM} itself"

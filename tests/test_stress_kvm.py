@@ -18,9 +18,9 @@ reach one vCPU of a pair twice or not at all. Checked:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
-import struct
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -36,15 +36,15 @@ _REASON = unusable_reason()
 if _REASON is not None:
     pytest.skip(f"KVM unusable: {_REASON}", allow_module_level=True)
 
-from vpindex.backends.kvm.guests.suite import IPI_VECTOR, Kind, Map, PerCpu  # noqa: E402
-from vpindex.backends.kvm.guests.suite import Case as Record  # noqa: E402
-from vpindex.backends.kvm.suite import (  # noqa: E402
+from vpindex.backends.kvm.guests.suite_layout import CASE, Case, Kind  # noqa: E402
+from vpindex.backends.kvm.suite_machine import (  # noqa: E402
     CaseSpec,
     SenderPlan,
     SuiteMachine,
     expected_rax,
 )
 from vpindex.backends.report import CaseResult  # noqa: E402
+from vpindex.backends.scenarios import IPI_VECTOR  # noqa: E402
 from vpindex.engine import HypercallEvent  # noqa: E402
 from vpindex.guest import encode_call  # noqa: E402
 
@@ -101,9 +101,7 @@ def run_swap_stress(pairs: list[tuple[int, int]], sets: dict[str, tuple[set[int]
             rng = random.Random(7)
             # Receivers count interrupts under the VP index they read at boot: start swapping
             # only once every vCPU has booted.
-            while not stop.is_set() and not all(
-                sm.percpu(i, PerCpu.READY) for i in range(len(VPS))
-            ):
+            while not stop.is_set() and not all(sm.percpu(i).ready for i in range(len(VPS))):
                 time.sleep(0.001)
             while not stop.is_set():
                 a, b = pairs[rng.randrange(len(pairs))]
@@ -125,13 +123,12 @@ def run_swap_stress(pairs: list[tuple[int, int]], sets: dict[str, tuple[set[int]
         assert not errors, errors
         events = [e for e in p.events if e.code == HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX]
         first, last = events[0].start_ns, events[-1].start_ns + events[-1].duration_ns
-        mem = sm.machine.vm.memory
         receivers = range(1, len(VPS))
         return SwapRun(
             sm.case_results(plan),
             events,
             sum(first <= s <= last for s in swaps),
-            {v: struct.unpack_from("<Q", mem, Map.COUNTERS + 8 * VPS[v])[0] for v in receivers},
+            {v: sm.ipis_counted(VPS[v]) for v in receivers},
             {v: len(p.vcpu(v).ipis) for v in receivers},
         )
     finally:
@@ -194,9 +191,7 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
 
         def swapper() -> None:
             rng = random.Random(11)
-            while not stop.is_set() and not all(
-                sm.percpu(i, PerCpu.READY) for i in range(len(VPS))
-            ):
+            while not stop.is_set() and not all(sm.percpu(i).ready for i in range(len(VPS))):
                 time.sleep(0.001)
             while not stop.is_set():
                 a, b = rng.sample(range(1, len(VPS)), 2)
@@ -217,7 +212,7 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
         results = sm.case_results(plan)
         assert all(r.passed for r in results), [r for r in results if not r.passed]
         input_gpa = {
-            plan.addrs["cases"] + k * Record.SIZE + Record.INPUT: frozenset(vps)
+            plan.addrs["cases"] + k * ctypes.sizeof(Case) + CASE.input: frozenset(vps)
             for k, vps in enumerate(sets)
         }
         events = [e for e in p.events if e.code == HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX]
@@ -241,13 +236,10 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
                 moved += 1
         assert torn == 0, f"{torn} calls reached vCPUs no map of their window gives"
         assert moved > 0, "no call's targets changed: the swaps did not race the calls"
-        mem = sm.machine.vm.memory
         for v in range(1, len(VPS)):
-            guest = struct.unpack_from("<Q", mem, Map.COUNTERS + 8 * VPS[v])[0]
+            guest = sm.ipis_counted(VPS[v])
             assert guest <= len(p.vcpu(v).ipis), (v, guest, len(p.vcpu(v).ipis))
-        received = sum(
-            struct.unpack_from("<Q", mem, Map.COUNTERS + 8 * VPS[v])[0] for v in range(1, len(VPS))
-        )
+        received = sum(sm.ipis_counted(VPS[v]) for v in range(1, len(VPS)))
         print(
             f"\n[stress] kvm moving targets: {len(events)} IPI hypercalls, {len(history) - 1} "
             f"swaps, {moved} calls reached other vCPUs than the first call of their set, 0 torn; "

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from vpindex.backends.kvm import KvmError, run_guest, run_scale, run_suite, unusable_reason
+from vpindex.backends.kvm import (
+    GuestError,
+    GuestTimeout,
+    KvmError,
+    KvmUnavailable,
+    run_guest,
+    run_scale,
+    run_suite,
+    unusable_reason,
+)
 from vpindex.backends.kvm import structs as s
+from vpindex.backends.kvm.contract import hypercall_stub
 from vpindex.backends.kvm.guests import hello
-from vpindex.backends.kvm.guests.suite import build_program
-from vpindex.backends.kvm.hyperv import hypercall_stub
+from vpindex.backends.kvm.guests.suite_image import build_program
 from vpindex.backends.kvm.ioctls import Ioctl
 
 pytestmark = pytest.mark.kvm
@@ -125,7 +134,7 @@ def test_byo_guest_failure_counts_vcpus(tmp_path: Path) -> None:
 def test_guest_fault_names_exit_rip_and_bytes(tmp_path: Path) -> None:
     path = tmp_path / "ud2.bin"
     path.write_bytes(bytes((0x0F, 0x0B)))  # ud2 with no IDT: triple fault
-    with pytest.raises(KvmError, match=r"SHUTDOWN.*RIP 0x100000.*bytes 0f 0b"):
+    with pytest.raises(GuestError, match=r"SHUTDOWN.*RIP 0x100000.*bytes 0f 0b"):
         run_guest(str(path), timeout=10)
 
 
@@ -133,7 +142,7 @@ def test_guest_fault_names_exit_rip_and_bytes(tmp_path: Path) -> None:
 def test_guest_that_never_ends_times_out(tmp_path: Path) -> None:
     path = tmp_path / "hlt.bin"
     path.write_bytes(bytes((0xFA, 0xF4)))  # cli; hlt
-    with pytest.raises(KvmError, match=r"did not finish within 1\.0 s"):
+    with pytest.raises(GuestTimeout, match=r"did not finish within 1\.0 s"):
         run_guest(str(path), vcpus=2, timeout=1.0)
 
 
@@ -170,12 +179,20 @@ def test_flush_suite_detects_a_kick_without_tlb_flush() -> None:
     assert sum(1 for c in flushes if c.details["stale_reads"] > 0) >= len(flushes) // 2
 
 
+def test_every_backend_error_is_a_kvm_error() -> None:
+    from vpindex.backends.kvm import IoctlError
+
+    for cls in (KvmUnavailable, IoctlError, GuestError, GuestTimeout):
+        assert issubclass(cls, KvmError)
+    assert issubclass(IoctlError, OSError)  # callers catching OSError still see ioctl failures
+
+
 def test_not_a_kvm_device_is_a_clear_error() -> None:
     from vpindex.backends.kvm.system import Kvm
 
-    with pytest.raises(KvmError, match="does not exist"):
+    with pytest.raises(KvmUnavailable, match="does not exist"):
         Kvm("/nonexistent/kvm")
-    with pytest.raises(KvmError, match="not a KVM device"):
+    with pytest.raises(KvmUnavailable, match="not a KVM device"):
         Kvm("/dev/null")
 
 

@@ -1,21 +1,67 @@
 """The real KVM backend: a pure-Python VMM on /dev/kvm whose multi-vCPU guests issue the
 Hyper-V flush and IPI hypercalls, served by the :class:`vpindex.engine.Partition` engine.
 
-Layers (each imports only those above it): ``ioctls``/``structs`` (numbers and layouts, defined
-once) -> ``system`` (:class:`Kvm`), ``vm`` (:class:`Vm`), ``vcpu`` (:class:`Vcpu`) -> ``layout``
-(page tables, GDT, long mode) -> ``hyperv`` (Platform, CPUID, hypercall stub) -> ``machine``
-(threads and exits) -> ``guests`` + ``suite``/``runner``/``scale``/``byo``. ``asm`` assembles
-guests with iced-x86. See docs/KVM.md.
+Layers, in order; a module imports only modules of earlier layers (``tests/test_layering.py``
+reads this chain and checks it)::
+
+    errors, structs
+    -> _libc, ioctls
+    -> system -> vm -> vcpu
+    -> layout, asm
+    -> contract
+    -> guests, guests.suite_layout -> guests.hello, guests.suite_image
+    -> remote_flush -> hyperv -> exits -> machine
+    -> suite_machine -> runner, scale, byo
+
+``errors`` is the one error family; ``structs``/``ioctls`` hold the kernel's numbers and
+layouts, defined once; ``system``/``vm``/``vcpu`` wrap one fd each (:class:`Kvm`, :class:`Vm`,
+:class:`Vcpu`); ``layout`` is the VMM-owned memory (page tables, GDT, long mode) and ``asm``
+assembles guests with iced-x86; ``contract`` is what every guest sees (ports, the hypercall
+stub, the MSR range); ``guests`` are images built against the contract, the suite's shared
+memory declared once in ``guests.suite_layout``; ``remote_flush`` is the TLB-flush protocol
+between vCPU threads, ``hyperv`` the Platform and CPUID, ``exits`` the per-vCPU exit loop and
+its extendable table, ``machine`` sets up, runs and stops; the rest drive scenarios. See
+docs/KVM.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from vpindex.backends.kvm.errors import KvmError
+from vpindex.backends.kvm.errors import (
+    GuestError,
+    GuestTimeout,
+    IoctlError,
+    KvmError,
+    KvmUnavailable,
+)
+from vpindex.backends.kvm.layout import GUEST_LOAD_ADDRESS
 from vpindex.backends.report import RunReport
+from vpindex.defaults import (
+    DEFAULT_STRATEGY,
+    KVM_GUEST_MEMORY_MIB,
+    KVM_GUEST_TIMEOUT_S,
+    KVM_GUEST_VCPUS,
+    KVM_SCALE_CALLS,
+    KVM_SCALE_TIMEOUT_S,
+    KVM_SCALE_VCPUS,
+    KVM_SUITE_ITERATIONS,
+    KVM_SUITE_SCENARIO,
+    KVM_SUITE_TIMEOUT_S,
+    KVM_SUITE_VCPUS,
+)
 
-__all__ = ["KvmError", "run_guest", "run_scale", "run_suite", "unusable_reason"]
+__all__ = [
+    "GuestError",
+    "GuestTimeout",
+    "IoctlError",
+    "KvmError",
+    "KvmUnavailable",
+    "run_guest",
+    "run_scale",
+    "run_suite",
+    "unusable_reason",
+]
 
 
 def unusable_reason() -> str | None:
@@ -40,12 +86,12 @@ def unusable_reason() -> str | None:
 
 def run_suite(
     *,
-    vcpus: int = 3,
+    vcpus: int = KVM_SUITE_VCPUS,
     vp_indexes: list[int] | None = None,
-    scenario: str = "all",
-    iterations: int = 100,
-    strategy: str = "adaptive",
-    timeout: float = 120.0,
+    scenario: str = KVM_SUITE_SCENARIO,
+    iterations: int = KVM_SUITE_ITERATIONS,
+    strategy: str = DEFAULT_STRATEGY,
+    timeout: float = KVM_SUITE_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run the selftest-equivalent suite (``ipi``, ``flush``, ``vpindex`` or ``all``) on real
@@ -62,12 +108,12 @@ def run_suite(
 def run_guest(
     path: str,
     *,
-    entry: int = 0x100000,
-    memory_mib: int = 16,
-    vcpus: int = 1,
+    entry: int = GUEST_LOAD_ADDRESS,
+    memory_mib: int = KVM_GUEST_MEMORY_MIB,
+    vcpus: int = KVM_GUEST_VCPUS,
     vp_indexes: list[int] | None = None,
-    strategy: str = "adaptive",
-    timeout: float = 30.0,
+    strategy: str = DEFAULT_STRATEGY,
+    timeout: float = KVM_GUEST_TIMEOUT_S,
 ) -> RunReport:
     """Run a flat 64-bit guest image on ``vcpus`` vCPUs (loaded at GPA 0x100000, every vCPU
     entering at ``entry`` in long mode, CPL0, RDI = vCPU index). ``report.extra["vcpus"]`` lists
@@ -83,10 +129,10 @@ def run_guest(
 
 def run_scale(
     *,
-    vcpus: int = 128,
-    calls: int = 20,
-    strategy: str = "adaptive",
-    timeout: float = 300.0,
+    vcpus: int = KVM_SCALE_VCPUS,
+    calls: int = KVM_SCALE_CALLS,
+    strategy: str = DEFAULT_STRATEGY,
+    timeout: float = KVM_SCALE_TIMEOUT_S,
 ) -> RunReport:
     """The scale case: ``vcpus`` vCPUs (one thread each, most idle in HLT) with non-identity
     VP indexes spread over many banks; one sender issues sparse Ex IPIs to several banks and

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from vpindex.backends.kvm.errors import IoctlError
+
 __all__ = ["ioctl", "ioctl_raw"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -27,9 +29,10 @@ def ioctl_raw(fd: int, request: int, arg: int | None = 0) -> tuple[int, int]:
 
 
 def ioctl(fd: int, request: int, arg: int | None = 0, *, what: str = "") -> int:
-    """Issue the ioctl; raise OSError (naming ``what``) on failure, else return its result."""
+    """Issue the ioctl; raise :class:`IoctlError` (an ``OSError`` naming ``what``) on failure,
+    else return its result."""
     r = _ioctl(fd, request, arg)
     if r < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what or hex(request)}: {os.strerror(err)}")
+        raise IoctlError(err, f"{what or hex(request)}: {os.strerror(err)}")
     return int(r)

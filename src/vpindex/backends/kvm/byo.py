@@ -1,7 +1,7 @@
 """Bring-your-own guest: a flat 64-bit image run on every vCPU under the machine contract.
 
 The image is loaded at ``entry``'s load address (GPA 0x100000) and every vCPU starts there at
-CPL0 in long mode with RDI = its vCPU index; see :mod:`.machine` for the ports and MSRs.
+CPL0 in long mode with RDI = its vCPU index; see :mod:`.contract` for the ports and MSRs.
 """
 
 from __future__ import annotations

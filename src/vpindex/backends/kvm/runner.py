@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vpindex.backends.kvm.errors import KvmError
-from vpindex.backends.kvm.guests.suite import Kind, Map, PerCpu
-from vpindex.backends.kvm.suite import (
+from vpindex.backends.kvm.guests.suite_layout import Kind, Map
+from vpindex.backends.kvm.suite_machine import (
     CaseSpec,
     SenderPlan,
     SuiteMachine,
@@ -130,9 +130,8 @@ def run_vpindex(
         sm.run(timeout, wait_for=range(vcpus))
         results = [_prefixed("vpindex/", c) for c in sm.case_results(plan)[1:]]
         for i, vp in enumerate(vp_indexes):
-            read = sm.percpu(i, PerCpu.VP_READ)
-            after = sm.percpu(i, PerCpu.VP_AFTER)
-            gp = sm.percpu(i, PerCpu.GP_COUNT)
+            percpu = sm.percpu(i)
+            read, after, gp = percpu.vp_read, percpu.vp_after, percpu.gp_count
             ok = read == vp and after == vp and gp == 1
             results.append(CaseResult(
                 f"vpindex/rdmsr-and-write-gp/vcpu{i}", ok,

@@ -15,9 +15,10 @@ import time
 from typing import Final
 
 from vpindex.abi import FlushFlags, HvCallCode, VpSet
-from vpindex.backends.kvm.guests.suite import IPI_VECTOR, Kind, Map, PerCpu
-from vpindex.backends.kvm.suite import CaseSpec, SenderPlan, SuiteMachine, expected_rax
+from vpindex.backends.kvm.guests.suite_layout import Kind, Map
+from vpindex.backends.kvm.suite_machine import CaseSpec, SenderPlan, SuiteMachine, expected_rax
 from vpindex.backends.report import CaseResult, RunReport, percentiles
+from vpindex.backends.scenarios import IPI_VECTOR
 from vpindex.guest import encode_call
 
 __all__ = ["run_scale_impl", "scale_vp_index"]
@@ -114,7 +115,7 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
     def watch_boot() -> None:
         start = time.perf_counter()
         while not stop.is_set():
-            if all(sm.percpu(i, PerCpu.READY) for i in range(vcpus)):
+            if all(sm.percpu(i).ready for i in range(vcpus)):
                 boot.append(time.perf_counter() - start)
                 return
             stop.wait(0.002)
@@ -148,7 +149,7 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
                 {"delivered": engine_ipis, "expected": want},
             )
         )
-        vp_ok = all(sm.percpu(i, PerCpu.VP_READ) == scale_vp_index(i) for i in range(vcpus))
+        vp_ok = all(sm.percpu(i).vp_read == scale_vp_index(i) for i in range(vcpus))
         report.cases.append(CaseResult("scale/vp-index-rdmsr", vp_ok, {"vcpus": vcpus}))
         report.latency_us = percentiles([x for v in pools.values() for x in v])
         report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items()}

@@ -18,6 +18,7 @@ __all__ = [
     "MSI",
     "MSR_EXIT",
     "REGS",
+    "REG_INDEX",
     "SEGMENT_DPL_OFFSET",
     "U8",
     "U32",
@@ -214,6 +215,9 @@ class KvmVcpuEvents(ctypes.Structure):
         ("rest", _u8 * 56),
     ]
 
+
+#: Index of each ``kvm_regs`` field in :data:`REGS` (``"rax"`` -> 0 ... ``"rip"`` -> 16).
+REG_INDEX: Final = {name: i for i, (name, _) in enumerate(KvmRegs._fields_)}  # type: ignore[misc]
 
 #: Byte offset of ``dpl`` inside ``struct kvm_segment`` (the CPL is CS.DPL in long mode).
 SEGMENT_DPL_OFFSET: Final = KvmSegment.dpl.offset

@@ -1,13 +1,17 @@
 """The selftest-equivalent suite on a real VM: IPI, TLB flush and VP_INDEX scenarios.
 
 Each scenario boots its own :class:`Machine` with the suite image
-(:mod:`.guests.suite`), writes the sender's case table, runs until the sender ends, then reads
+(:mod:`.guests.suite_image`), writes the sender's case table, runs until the sender ends, then reads
 what the guest recorded (RAX per call, interrupt counts, stale and checked reads, RDTSC cycles
 per call) and cross-checks it against the engine's own record of delivered IPIs and flushes.
+Every block it writes or reads is a structure of :mod:`.guests.suite_layout`, the declaration
+the guest image is assembled from.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,19 +20,21 @@ from typing import Any, Final
 from vpindex.abi import HvStatus, hypercall_result
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.errors import KvmError
-from vpindex.backends.kvm.guests.suite import (
-    IPI_VECTOR,
+from vpindex.backends.kvm.guests.suite_image import build_program
+from vpindex.backends.kvm.guests.suite_layout import (
+    CASE,
     Case,
     Config,
     Kind,
     Map,
     PerCpu,
     Result,
-    build_program,
 )
 from vpindex.backends.kvm.machine import Machine
 from vpindex.backends.report import CaseResult, percentiles
-from vpindex.backends.scenarios import flush_scenarios, ipi_scenarios
+from vpindex.backends.scenarios import IPI_VECTOR, flush_scenarios, ipi_scenarios
+from vpindex.defaults import DEFAULT_STRATEGY
+from vpindex.engine import GP, UD
 from vpindex.guest import EncodedCall
 
 __all__ = [
@@ -42,14 +48,11 @@ __all__ = [
     "ipi_cases",
 ]
 
-_UD_VECTOR, _GP_VECTOR = 6, 13
 _IDT_ENTRY = struct.Struct("<HHBBHIxxxx")
 _GATE_KERNEL = 0x8E
 _IDT_LIMIT = 256 * 16 - 1
 _REP_SHIFT, _REP_MASK = 32, 0xFFF
-_MAX_INPUT = Case.SIZE - Case.INPUT
-_XMM_BYTES = 96
-_FILL_A, _FILL_B = 0x01, 0x02
+_MAX_INPUT = ctypes.sizeof(Case) - CASE.input
 _PAGE = 4096
 #: Bound on every guest-side wait, as a fraction of a second of TSC cycles.
 _SPIN_SECONDS: Final = 0.25
@@ -84,8 +87,8 @@ class SenderPlan:
 def idt_image(labels: dict[str, int]) -> bytes:
     """The guest's IDT: #UD (also the CPL3 -> CPL0 gate), #GP and the IPI vector."""
     gates = {
-        _UD_VECTOR: ("isr_ud", _GATE_KERNEL),
-        _GP_VECTOR: ("isr_gp", _GATE_KERNEL),
+        UD: ("isr_ud", _GATE_KERNEL),
+        GP: ("isr_gp", _GATE_KERNEL),
         IPI_VECTOR: ("isr_ipi", _GATE_KERNEL),
     }
     idt = bytearray(256 * 16)
@@ -118,6 +121,16 @@ class _Tables:
         return addr
 
 
+def _percpu_address(vcpu: int) -> int:
+    return Map.PERCPU + vcpu * Map.PERCPU_SIZE
+
+
+def _store(memory: mmap.mmap, gpa: int, block: ctypes.Structure) -> None:
+    """Write ``block`` into guest memory at ``gpa``."""
+    data = bytes(block)
+    memory[gpa : gpa + len(data)] = data
+
+
 class SuiteMachine:
     """A Machine running the suite image with given roles and sender plans."""
 
@@ -128,7 +141,7 @@ class SuiteMachine:
         vp_indexes: Sequence[int],
         roles: Sequence[str],
         plans: Sequence[SenderPlan],
-        strategy: str = "adaptive",
+        strategy: str = DEFAULT_STRATEGY,
         real_tlb_flush: bool = True,
     ) -> None:
         self.program = build_program()
@@ -147,12 +160,12 @@ class SuiteMachine:
         m.load(Map.IDT, idt_image(labels))
         m.load(Map.IDTR, struct.pack("<HQ", _IDT_LIMIT, Map.IDT))
         m.load(Map.HYPERCALL_PTR, struct.pack("<Q", Map.HYPERCALL_PAGE))
-        mem[Map.PAGE_A : Map.PAGE_A + _PAGE] = bytes([_FILL_A]) * _PAGE
-        mem[Map.PAGE_B : Map.PAGE_B + _PAGE] = bytes([_FILL_B]) * _PAGE
+        mem[Map.PAGE_A : Map.PAGE_A + _PAGE] = bytes([Map.FILL_A]) * _PAGE
+        mem[Map.PAGE_B : Map.PAGE_B + _PAGE] = bytes([Map.FILL_B]) * _PAGE
         tables = _Tables(Map.TABLES, Map.TABLES_END, "case tables")
         samples = _Tables(Map.SAMPLES, Map.SAMPLES_END, "latency samples")
         for i, plan in enumerate(self.plans):
-            plan.config_addr = Map.CONFIGS + i * Config.SIZE
+            plan.config_addr = Map.CONFIGS + i * Map.CONFIG_STRIDE
             self._write_plan(plan, tables, samples)
         for i in range(vcpus):
             top = Map.STACKS + i * Map.STACK_STRIDE + Map.STACK_STRIDE // 2
@@ -162,47 +175,46 @@ class SuiteMachine:
         mem = self.machine.vm.memory
         n, nw = len(plan.cases), len(plan.watch)
         a = plan.addrs
-        a["cases"] = tables.take(n * Case.SIZE, Case.SIZE)
+        a["cases"] = tables.take(n * ctypes.sizeof(Case), ctypes.sizeof(Case))
         a["deltas"] = tables.take(max(1, n * nw))
         a["watch_vp"] = tables.take(8 * nw)
         a["watch_cpu"] = tables.take(8 * nw)
         a["expected"] = tables.take(8 * nw)
         a["scratch"] = tables.take(8 * nw)
-        a["results"] = tables.take(n * Result.SIZE)
+        a["results"] = tables.take(n * ctypes.sizeof(Result))
         a["samples"] = samples.take(4 * n * plan.iterations)
         for j, cpu in enumerate(plan.watch):
             struct.pack_into("<Q", mem, a["watch_vp"] + 8 * j, self.vp_indexes[cpu])
             struct.pack_into("<Q", mem, a["watch_cpu"] + 8 * j, cpu)
         for k, case in enumerate(plan.cases):
-            rec = a["cases"] + k * Case.SIZE
-            rcx = rdx = r8 = 0
-            xmm = b""
+            rec = a["cases"] + k * ctypes.sizeof(Case)
+            record = Case(expect_rax=case.expect_rax, kind=case.kind)
             if case.call is not None:
                 call = case.call
                 if call.input is not None:
                     if len(call.input) > _MAX_INPUT:
                         raise KvmError(f"{case.name}: input block larger than {_MAX_INPUT} bytes")
-                    mem[rec + Case.INPUT : rec + Case.INPUT + len(call.input)] = call.input
-                rcx, rdx, r8, xmm_in = call.registers(rec + Case.INPUT)
-                xmm = xmm_in or b""
-            struct.pack_into("<QQQQQ", mem, rec, rcx, rdx, r8, case.expect_rax, case.kind)
-            mem[rec + Case.XMM : rec + Case.XMM + _XMM_BYTES] = xmm.ljust(_XMM_BYTES, b"\0")
+                    record.input[: len(call.input)] = list(call.input)
+                record.rcx, record.rdx, record.r8, xmm = call.registers(rec + CASE.input)
+                if xmm:
+                    record.xmm[: len(xmm)] = list(xmm)
+            _store(mem, rec, record)
             for j, cpu in enumerate(plan.watch):
                 mem[a["deltas"] + k * nw + j] = 1 if cpu in case.targets else 0
-        cfg = plan.config_addr
         khz = self.machine.tsc_khz or 1_000_000
-        fields = {
-            Config.NCASES: n, Config.ITERATIONS: plan.iterations, Config.NWATCH: nw,
-            Config.SPIN_CYCLES: int(khz * 1000 * _SPIN_SECONDS), Config.MIN_READS: _MIN_READS,
-            Config.CASES: a["cases"], Config.DELTAS: a["deltas"], Config.WATCH_VP: a["watch_vp"],
-            Config.RESULTS: a["results"], Config.SAMPLES: a["samples"],
-            Config.EXPECTED: a["expected"], Config.SCRATCH: a["scratch"],
-            Config.PTE_ADDR: Map.PTE, Config.PTE_XOR: Map.PAGE_A ^ Map.PAGE_B,
-            Config.CUR_BYTE: _FILL_A, Config.WATCH_CPU: a["watch_cpu"],
-        }  # fmt: skip
-        for off, value in fields.items():
-            struct.pack_into("<Q", mem, cfg + off, value)
-        struct.pack_into("<Q", mem, Map.PERCPU + plan.vcpu * Map.PERCPU_SIZE + PerCpu.CONFIG, cfg)
+        config = Config(
+            ncases=n, iterations=plan.iterations, nwatch=nw,
+            spin_cycles=int(khz * 1000 * _SPIN_SECONDS), min_reads=_MIN_READS,
+            cases=a["cases"], deltas=a["deltas"], watch_vp=a["watch_vp"],
+            results=a["results"], samples=a["samples"],
+            expected=a["expected"], scratch=a["scratch"],
+            pte_addr=Map.PTE, pte_xor=Map.PAGE_A ^ Map.PAGE_B,
+            cur_byte=Map.FILL_A, watch_cpu=a["watch_cpu"],
+        )  # fmt: skip
+        _store(mem, plan.config_addr, config)
+        percpu = self.percpu(plan.vcpu)
+        percpu.config = plan.config_addr
+        _store(mem, _percpu_address(plan.vcpu), percpu)
 
     def run(self, timeout: float, wait_for: Sequence[int] | None = None) -> None:
         """Run until every sender (or every vCPU in ``wait_for``) has ended; the others are
@@ -210,10 +222,13 @@ class SuiteMachine:
         waiting = [p.vcpu for p in self.plans] if wait_for is None else wait_for
         self.machine.run(timeout=timeout, wait_for=waiting)
 
-    def percpu(self, vcpu: int, field_offset: int) -> int:
-        """A u64 from vCPU ``vcpu``'s PerCpu block."""
-        addr = Map.PERCPU + vcpu * Map.PERCPU_SIZE + field_offset
-        return int(struct.unpack_from("<Q", self.machine.vm.memory, addr)[0])
+    def percpu(self, vcpu: int) -> PerCpu:
+        """A copy of vCPU ``vcpu``'s PerCpu block as it is now."""
+        return PerCpu.from_buffer_copy(self.machine.vm.memory, _percpu_address(vcpu))
+
+    def ipis_counted(self, vp_index: int) -> int:
+        """The interrupts the guest counted for VP index ``vp_index``."""
+        return int(struct.unpack_from("<Q", self.machine.vm.memory, Map.COUNTERS + 8 * vp_index)[0])
 
     def case_results(self, plan: SenderPlan) -> list[CaseResult]:
         """Per-case verdicts and figures from what the guest recorded."""
@@ -226,9 +241,9 @@ class SuiteMachine:
         )
         served = iter([ns / 1000 for ns in self.machine.threads[plan.vcpu].serve_ns])
         for k, case in enumerate(plan.cases):
-            r = plan.addrs["results"] + k * Result.SIZE
-            bad, last_rax, mismatch, stale_sum = struct.unpack_from("<QQQQ", mem, r)
-            timeouts, checked_sum = struct.unpack_from("<QQ", mem, r + Result.TIMEOUTS)
+            result = Result.from_buffer_copy(mem, plan.addrs["results"] + k * ctypes.sizeof(Result))
+            bad, last_rax, mismatch = result.bad_status, result.last_rax, result.mismatch
+            stale_sum, timeouts, checked_sum = result.stale_sum, result.timeouts, result.checked_sum
             stale, checked = stale_sum - stale_before, checked_sum - checked_before
             stale_before, checked_before = stale_sum, checked_sum
             samples = samples_all[k * plan.iterations : (k + 1) * plan.iterations]

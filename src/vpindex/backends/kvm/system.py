@@ -7,7 +7,7 @@ import errno
 import os
 
 from vpindex.backends.kvm._libc import ioctl, ioctl_raw
-from vpindex.backends.kvm.errors import KvmError
+from vpindex.backends.kvm.errors import KvmError, KvmUnavailable
 from vpindex.backends.kvm.ioctls import API_VERSION, Cap, Ioctl
 from vpindex.backends.kvm.structs import CpuidEntry2, cpuid2_buffer
 
@@ -33,21 +33,21 @@ class Kvm:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise KvmError(f"{path} does not exist (no KVM on this host)") from None
+            raise KvmUnavailable(f"{path} does not exist (no KVM on this host)") from None
         except PermissionError:
-            raise KvmError(
+            raise KvmUnavailable(
                 f"no permission to open {path} (need rw access, e.g. group kvm)"
             ) from None
         except OSError as e:
-            raise KvmError(f"cannot open {path}: {e.strerror}") from None
+            raise KvmUnavailable(f"cannot open {path}: {e.strerror}") from None
         try:
             version = ioctl(self.fd, Ioctl.GET_API_VERSION, what="KVM_GET_API_VERSION")
         except OSError as e:
             os.close(self.fd)
-            raise KvmError(f"{path} is not a KVM device ({e.strerror})") from None
+            raise KvmUnavailable(f"{path} is not a KVM device ({e.strerror})") from None
         if version != API_VERSION:
             os.close(self.fd)
-            raise KvmError(f"{path}: KVM API version {version}, need {API_VERSION}")
+            raise KvmUnavailable(f"{path}: KVM API version {version}, need {API_VERSION}")
 
     def close(self) -> None:
         """Close the system fd (VMs keep their own fds)."""
@@ -71,7 +71,7 @@ class Kvm:
         """Raise KvmError naming every missing required capability."""
         missing = self.missing_caps()
         if missing:
-            raise KvmError("/dev/kvm lacks " + ", ".join(missing))
+            raise KvmUnavailable("/dev/kvm lacks " + ", ".join(missing))
 
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from each vCPU fd (kvm_run + pio page...)."""

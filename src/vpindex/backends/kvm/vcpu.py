@@ -13,13 +13,16 @@ import errno
 import mmap
 import os
 import signal
+from typing import NamedTuple
 
 from vpindex.backends.kvm._libc import ioctl, ioctl_raw
+from vpindex.backends.kvm.errors import IoctlError
 from vpindex.backends.kvm.ioctls import IO_DIRECTION_OUT, Ioctl, MpState, SyncRegs
 from vpindex.backends.kvm.structs import (
     FPU_XMM_OFFSET,
     IO_EXIT,
     MSR_EXIT,
+    REG_INDEX,
     REGS,
     SEGMENT_DPL_OFFSET,
     U8,
@@ -35,14 +38,33 @@ from vpindex.backends.kvm.structs import (
 )
 from vpindex.backends.kvm.vm import Vm
 
-__all__ = ["RUN_INTERRUPTED", "Vcpu"]
+__all__ = ["RUN_INTERRUPTED", "IoExit", "MsrExit", "Vcpu"]
 
 #: What :meth:`Vcpu.run` returns when KVM_RUN ended with EINTR (kick or immediate_exit).
 RUN_INTERRUPTED = -1
 _XMM_BYTES = 6 * 16
-_RIP, _RFLAGS = 16, 17
-_REG_INDEX = {name: i for i, (name, _) in enumerate(KvmRegs._fields_)}  # type: ignore[misc]
+_RIP, _RFLAGS = REG_INDEX["rip"], REG_INDEX["rflags"]
 _SIGSET_BYTES = 8
+
+
+class IoExit(NamedTuple):
+    """A KVM_EXIT_IO: direction, port, access size in bytes, repeat count and the OUT data
+    (for IN, the handler answers with :meth:`Vcpu.set_io_in_data`)."""
+
+    is_out: bool
+    port: int
+    size: int
+    repeat: int
+    data: bytes
+
+
+class MsrExit(NamedTuple):
+    """A KVM_EXIT_X86_RDMSR/WRMSR: KVM's reason for the exit, the MSR number and, for WRMSR,
+    the value written."""
+
+    reason: int
+    msr: int
+    data: int
 
 
 class Vcpu:
@@ -72,7 +94,7 @@ class Vcpu:
         if r < 0:
             if err in (errno.EINTR, errno.EAGAIN):
                 return RUN_INTERRUPTED
-            raise OSError(err, f"KVM_RUN on vCPU {self.index}: {os.strerror(err)}")
+            raise IoctlError(err, f"KVM_RUN on vCPU {self.index}: {os.strerror(err)}")
         return int(U32.unpack_from(self.run_map, RunOffsets.EXIT_REASON)[0])
 
     def set_immediate_exit(self, value: bool) -> None:
@@ -88,10 +110,10 @@ class Vcpu:
         ioctl(self.fd, Ioctl.SET_SIGNAL_MASK, ctypes.addressof(buf), what="KVM_SET_SIGNAL_MASK")
 
     # -- exit decoding (valid right after run() returned that reason) -----------------------
-    def io_exit(self) -> tuple[bool, int, int, int, bytes]:
-        """(is_out, port, size, count, data) of a KVM_EXIT_IO."""
+    def io_exit(self) -> IoExit:
+        """The KVM_EXIT_IO just taken."""
         direction, size, port, count, off = IO_EXIT.unpack_from(self.run_map, RunOffsets.EXIT_UNION)
-        return (
+        return IoExit(
             direction == IO_DIRECTION_OUT,
             port,
             size,
@@ -104,10 +126,10 @@ class Vcpu:
         off = U64.unpack_from(self.run_map, RunOffsets.IO_DATA_OFFSET)[0]
         self.run_map[off : off + len(data)] = data
 
-    def msr_exit(self) -> tuple[int, int, int]:
-        """(reason, index, data) of a KVM_EXIT_X86_RDMSR/WRMSR."""
+    def msr_exit(self) -> MsrExit:
+        """The KVM_EXIT_X86_RDMSR/WRMSR just taken."""
         _error, reason, index, data = MSR_EXIT.unpack_from(self.run_map, RunOffsets.EXIT_UNION)
-        return reason, index, data
+        return MsrExit(reason, index, data)
 
     def complete_msr(self, *, data: int = 0, fault: bool = False) -> None:
         """Answer an MSR exit: ``data`` for RDMSR, or inject #GP with ``fault``."""
@@ -121,7 +143,7 @@ class Vcpu:
     # -- synced registers -------------------------------------------------------------------
     def sync_reg(self, name: str) -> int:
         """One GPR / rip / rflags from the sync-regs copy (valid after any exit)."""
-        return int(U64.unpack_from(self.run_map, RunOffsets.SYNC_REGS + 8 * _REG_INDEX[name])[0])
+        return int(U64.unpack_from(self.run_map, RunOffsets.SYNC_REGS + 8 * REG_INDEX[name])[0])
 
     def sync_regs(self) -> tuple[int, ...]:
         """All 18 kvm_regs fields from the sync-regs copy."""
@@ -129,7 +151,7 @@ class Vcpu:
 
     def set_sync_reg(self, name: str, value: int) -> None:
         """Write one register in the sync copy and mark the GPRs dirty for the next KVM_RUN."""
-        U64.pack_into(self.run_map, RunOffsets.SYNC_REGS + 8 * _REG_INDEX[name], value)
+        U64.pack_into(self.run_map, RunOffsets.SYNC_REGS + 8 * REG_INDEX[name], value)
         self._mark_dirty(SyncRegs.REGS)
 
     def cpl(self) -> int:

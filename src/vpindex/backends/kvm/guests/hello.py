@@ -16,18 +16,26 @@ import sys
 
 import iced_x86
 
+from vpindex.abi import FAST_BIT, FlushFlags, HvCallCode
+from vpindex.abi.features import CPUID_LEAF_VENDOR
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, R9, R9D, RAX, RDI, RSP, Asm
-from vpindex.backends.kvm.machine import CONSOLE_PORT, EXIT_PORT
+from vpindex.backends.kvm.contract import CONSOLE_PORT, EXIT_PORT
+from vpindex.engine import (
+    HV_X64_MSR_GUEST_OS_ID,
+    HV_X64_MSR_HYPERCALL,
+    HV_X64_MSR_VP_INDEX,
+    LINUX_GUEST_OS_ID,
+)
+from vpindex.engine.msr import HYPERCALL_ENABLE
 
 C = iced_x86.Code
 __all__ = ["HYPERCALL_PAGE", "build"]
 
 HYPERCALL_PAGE = 0x200000
-_HYPERV_VENDOR_LEAF = 0x40000000
 _STACKS, _STACK_SIZE = 0x300000, 0x1000
-_FLUSH_SPACE_FAST = 0x10002
-_FLAGS_ALL_PROCESSORS_ALL_SPACES = 0x3
+_FLUSH_SPACE_FAST = HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE | FAST_BIT
+_FLAGS_ALL_PROCESSORS_ALL_SPACES = FlushFlags.ALL_PROCESSORS | FlushFlags.ALL_VIRTUAL_ADDRESS_SPACES
 
 
 def build(exit_code: int | None = None, flushes: int = 1) -> bytes:
@@ -40,7 +48,7 @@ def build(exit_code: int | None = None, flushes: int = 1) -> bytes:
     a.op(C.MOV_R64_RM64, RAX, RDI)
     a.op(C.ADD_RM64_IMM8, RAX, ord("A"))
     a.op(C.OUT_IMM8_AL, CONSOLE_PORT, AL)
-    a.op(C.MOV_R32_IMM32, EAX, _HYPERV_VENDOR_LEAF)
+    a.op(C.MOV_R32_IMM32, EAX, CPUID_LEAF_VENDOR)
     a.op(C.XOR_R32_RM32, ECX, ECX)
     a.op(C.CPUID)
     for reg in (EBX, ECX, EDX):
@@ -48,15 +56,15 @@ def build(exit_code: int | None = None, flushes: int = 1) -> bytes:
         for _ in range(4):
             a.op(C.OUT_IMM8_AL, CONSOLE_PORT, AL)
             a.op(C.SHR_RM32_IMM8, EAX, 8)
-    a.op(C.MOV_R32_IMM32, ECX, 0x40000000)  # GUEST_OS_ID = Linux
+    a.op(C.MOV_R32_IMM32, ECX, HV_X64_MSR_GUEST_OS_ID)  # = Linux
     a.op(C.XOR_R32_RM32, EAX, EAX)
-    a.op(C.MOV_R32_IMM32, EDX, 0x81000000)
+    a.op(C.MOV_R32_IMM32, EDX, LINUX_GUEST_OS_ID >> 32)
     a.op(C.WRMSR)
-    a.op(C.MOV_R32_IMM32, ECX, 0x40000001)  # HYPERCALL = page | enable
-    a.op(C.MOV_R32_IMM32, EAX, HYPERCALL_PAGE | 1)
+    a.op(C.MOV_R32_IMM32, ECX, HV_X64_MSR_HYPERCALL)  # = page | enable
+    a.op(C.MOV_R32_IMM32, EAX, HYPERCALL_PAGE | HYPERCALL_ENABLE)
     a.op(C.XOR_R32_RM32, EDX, EDX)
     a.op(C.WRMSR)
-    a.op(C.MOV_R32_IMM32, ECX, 0x40000002)  # VP_INDEX
+    a.op(C.MOV_R32_IMM32, ECX, HV_X64_MSR_VP_INDEX)
     a.op(C.RDMSR)
     a.op(C.XOR_R32_RM32, R9D, R9D)  # OR of every RAX
     a.op(C.MOV_R32_IMM32, EBX, flushes)

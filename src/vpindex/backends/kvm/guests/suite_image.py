@@ -9,20 +9,22 @@ that writing it faults with #GP. Then, by role:
 * ``role_worker`` -- drops to CPL3 and reads the test page in a loop, counting reads that do
   not match the expectation the sender published (stale TLB entries);
 * ``role_sender`` -- drops to CPL3 and runs the case table the VMM wrote (see
-  :class:`Config`), issuing each hypercall ``iterations`` times through a ``ud2`` gate (whose
-  CPL0 #UD handler calls the hypercall page; PVM raises #UD for ``int n`` at CPL3), timing
-  every call with RDTSC and checking RAX, the
-  receivers' interrupt counts or the workers' reads;
+  :class:`~.suite_layout.Config`), issuing each hypercall ``iterations`` times through a
+  ``ud2`` gate (whose CPL0 #UD handler calls the hypercall page; PVM raises #UD for ``int n``
+  at CPL3), timing every call with RDTSC and checking RAX, the receivers' interrupt counts or
+  the workers' reads;
 * ``role_exit``   -- ends the vCPU with exit code 0.
 
 Register conventions, kept everywhere so interrupt handlers can use them: R15 = VP index (as
-read by RDMSR), R14 = vCPU index, R13 = this vCPU's :class:`PerCpu` block. CPL0 code is
-emulated instruction by instruction on PVM hosts, so it is kept to a few instructions; all
-loops run at CPL3.
+read by RDMSR), R14 = vCPU index, R13 = this vCPU's :class:`~.suite_layout.PerCpu` block.
+CPL0 code is emulated instruction by instruction on PVM hosts, so it is kept to a few
+instructions; all loops run at CPL3. Every displacement into the shared blocks comes from
+:mod:`.suite_layout`.
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import Final
 
 import iced_x86
@@ -57,122 +59,38 @@ from vpindex.backends.kvm.asm import (
     Program,
     mem,
 )
-from vpindex.backends.kvm.machine import EXIT_PORT, NULL_PORT
+from vpindex.backends.kvm.contract import EXIT_PORT, NULL_PORT
+from vpindex.backends.kvm.guests.suite_layout import (
+    CASE,
+    CONFIG,
+    PERCPU,
+    RESULT,
+    Case,
+    Kind,
+    Map,
+    Result,
+)
+from vpindex.engine import (
+    HV_X64_MSR_GUEST_OS_ID,
+    HV_X64_MSR_HYPERCALL,
+    HV_X64_MSR_VP_INDEX,
+    LINUX_GUEST_OS_ID,
+)
+from vpindex.engine.msr import HYPERCALL_ENABLE
 
 C = iced_x86.Code
-__all__ = ["Config", "Kind", "Map", "PerCpu", "Result", "build_program"]
+__all__ = ["build_program"]
 
 
-class Map:
-    """Guest-physical addresses of the suite's data (identity mapped)."""
-
-    HYPERCALL_PAGE: Final = 0x200000
-    HYPERCALL_PTR: Final = 0x201000  # u64 holding HYPERCALL_PAGE, for `call [HYPERCALL_PTR]`
-    IDT: Final = 0x202000
-    IDTR: Final = 0x203000
-    COUNTERS: Final = 0x204000  # u64 per VP index: IPIs received
-    EXPECT: Final = 0x20C000  # u64 per VP index: what the worker must read (0 = don't check)
-    PERCPU: Final = 0x214000  # PerCpu block per vCPU
-    PERCPU_SIZE: Final = 64
-    CONFIGS: Final = 0x224000  # one Config block per sender, 4 KiB apart
-    TABLES: Final = 0x230000  # cases, deltas, watch lists, results, samples (VMM-allocated)
-    TABLES_END: Final = 0x400000
-    STACKS: Final = 0x400000  # vCPU i: kernel stack below +0x1000, user stack below +0x2000
-    STACK_STRIDE: Final = 0x2000
-    PAGE_A: Final = 0xE00000  # filled with 0x01
-    PAGE_B: Final = 0xE01000  # filled with 0x02
-    TEST_VA: Final = layout.WINDOW_VA  # window page 0 -> PAGE_A initially
-    PTE: Final = layout.PT_WINDOW  # the PTE of TEST_VA
-    SAMPLES: Final = 0x1000000  # u32 RDTSC cycles per call, all senders (48 MiB)
-    SAMPLES_END: Final = 0x4000000
-    MEMORY: Final = 64 << 20
-
-
-class PerCpu:
-    """Offsets in a vCPU's PerCpu block."""
-
-    VP_READ: Final = 0  # RDMSR VP_INDEX at boot
-    GP_COUNT: Final = 8  # #GP taken (the VP_INDEX write must fault once)
-    UD_COUNT: Final = 16  # #UD taken (hypercall from CPL3)
-    READY: Final = 24
-    CHECKED: Final = 32  # worker reads made under a published expectation
-    STALE: Final = 40  # ... that returned the old page
-    VP_AFTER: Final = 48  # RDMSR VP_INDEX after the faulting write
-    CONFIG: Final = 56  # sender: address of its Config block
-
-
-class Config:
-    """Offsets in a sender's Config block (u64 each)."""
-
-    NCASES: Final = 0
-    ITERATIONS: Final = 8
-    NWATCH: Final = 16
-    SPIN_CYCLES: Final = 24  # bound on every wait, in TSC cycles
-    MIN_READS: Final = 32  # worker reads to wait for after each flush
-    CASES: Final = 40
-    DELTAS: Final = 48  # u8 [ncases][nwatch]: +1 IPI expected / worker targeted
-    WATCH_VP: Final = 56  # u64 [nwatch]
-    RESULTS: Final = 64
-    SAMPLES: Final = 72  # u32 cursor: RDTSC cycles per call
-    EXPECTED: Final = 80  # u64 [nwatch]: running IPI totals
-    SCRATCH: Final = 88  # u64 [nwatch]
-    PTE_ADDR: Final = 96
-    PTE_XOR: Final = 104
-    CUR_BYTE: Final = 112
-    GEN: Final = 120
-    ITER: Final = 128
-    CASE_INDEX: Final = 136
-    WATCH_CPU: Final = 144  # u64 [nwatch]
-    SIZE: Final = 4096
-
-
-class Case:
-    """Offsets in a 512-byte case record."""
-
-    RCX: Final = 0
-    RDX: Final = 8
-    R8: Final = 16
-    EXPECT_RAX: Final = 24
-    KIND: Final = 32
-    XMM: Final = 40  # 6 x 16 bytes
-    INPUT: Final = 144  # memory input block (records are 512-aligned: never crosses a page)
-    SIZE: Final = 512
-
-
-class Result:
-    """Offsets in a 64-byte per-case result record (written by the guest)."""
-
-    BAD_STATUS: Final = 0
-    LAST_RAX: Final = 8
-    MISMATCH: Final = 16
-    STALE_SUM: Final = 24  # cumulative over the workers at the end of the case
-    TIMEOUTS: Final = 40
-    CHECKED_SUM: Final = 48
-    SIZE: Final = 64
-
-
-class Kind:
-    """What a case does."""
-
-    IPI: Final = 0
-    FLUSH: Final = 1
-    BARE: Final = 2  # int 0x81 -> no-op exit: the bare round trip
-    CONTROL: Final = 3  # swap the PTE but issue no flush (shows staleness is observable)
-    CPL3_CALL: Final = 4  # call the hypercall page from CPL3: must take #UD
-    CALL_ONLY: Final = 5  # issue the hypercall and check RAX only (flushes with no worker)
-
-
-IPI_VECTOR: Final = 0xFE
 _UD2_LEN = 2
-_UD, _GP = 6, 13
 _X2APIC_EOI, _X2APIC_SVR, _APIC_BASE_MSR = 0x80B, 0x80F, 0x1B
 _APIC_ENABLE_X2APIC = 0xC00
 _SVR_ENABLE = 0x1FF
-_GUEST_OS_ID_HIGH = 0x81000000  # Linux's vendor id in bits 63:48
-_MSR_GUEST_OS_ID, _MSR_HYPERCALL, _MSR_VP_INDEX = 0x40000000, 0x40000001, 0x40000002
 _RFLAGS_USER = 0x3202  # IF | IOPL=3 | reserved bit 1
 _TSS_RSP0 = 4
 _INSN_MSR_LEN = 2
+_CASE_SIZE: Final = ctypes.sizeof(Case)
+_RESULT_SIZE: Final = ctypes.sizeof(Result)
 
 
 def _now(a: Asm) -> None:
@@ -196,25 +114,25 @@ def _common_init(a: Asm) -> None:
     a.op(C.MOV_R32_IMM32, EAX, _SVR_ENABLE)
     a.op(C.XOR_R32_RM32, EDX, EDX)
     a.op(C.WRMSR)
-    a.op(C.MOV_R32_IMM32, ECX, _MSR_GUEST_OS_ID)
+    a.op(C.MOV_R32_IMM32, ECX, HV_X64_MSR_GUEST_OS_ID)
     a.op(C.XOR_R32_RM32, EAX, EAX)
-    a.op(C.MOV_R32_IMM32, EDX, _GUEST_OS_ID_HIGH)
+    a.op(C.MOV_R32_IMM32, EDX, LINUX_GUEST_OS_ID >> 32)
     a.op(C.WRMSR)
-    a.op(C.MOV_R32_IMM32, ECX, _MSR_HYPERCALL)
-    a.op(C.MOV_R32_IMM32, EAX, Map.HYPERCALL_PAGE | 1)
+    a.op(C.MOV_R32_IMM32, ECX, HV_X64_MSR_HYPERCALL)
+    a.op(C.MOV_R32_IMM32, EAX, Map.HYPERCALL_PAGE | HYPERCALL_ENABLE)
     a.op(C.XOR_R32_RM32, EDX, EDX)
     a.op(C.WRMSR)
-    a.op(C.MOV_R32_IMM32, ECX, _MSR_VP_INDEX)
+    a.op(C.MOV_R32_IMM32, ECX, HV_X64_MSR_VP_INDEX)
     a.op(C.RDMSR)
     a.op(C.MOV_R64_RM64, R15, RAX)
-    a.op(C.MOV_RM64_R64, mem(R13, PerCpu.VP_READ), RAX)
+    a.op(C.MOV_RM64_R64, mem(R13, PERCPU.vp_read), RAX)
     a.op(C.WRMSR)  # read-only: #GP, the handler counts it and skips the instruction
     a.op(C.RDMSR)
-    a.op(C.MOV_RM64_R64, mem(R13, PerCpu.VP_AFTER), RAX)
+    a.op(C.MOV_RM64_R64, mem(R13, PERCPU.vp_after), RAX)
     # TSS.RSP0 = this kernel stack, so interrupts at CPL3 land here.
     a.op(C.IMUL_R64_RM64_IMM32, RAX, R14, layout.TSS_STRIDE)
     a.op(C.MOV_RM64_R64, mem(RAX, layout.TSS_BASE + _TSS_RSP0), RSP)
-    a.op(C.MOV_RM64_IMM32, mem(R13, PerCpu.READY), 1)
+    a.op(C.MOV_RM64_IMM32, mem(R13, PERCPU.ready), 1)
     a.op(C.JMP_RM64, RSI)
 
 
@@ -245,7 +163,7 @@ def _handlers(a: Asm, ud_resume: Label, gates: dict[str, Label]) -> None:
     a.op(C.POP_R64, RAX)
     a.op(C.IRETQ)
     a.here("isr_gp")
-    a.op(C.INC_RM64, mem(R13, PerCpu.GP_COUNT))
+    a.op(C.INC_RM64, mem(R13, PERCPU.gp_count))
     a.op(C.ADD_RM64_IMM8, RSP, 8)  # error code
     a.op(C.ADD_RM64_IMM8, mem(RSP), _INSN_MSR_LEN)
     a.op(C.IRETQ)
@@ -261,7 +179,7 @@ def _handlers(a: Asm, ud_resume: Label, gates: dict[str, Label]) -> None:
     a.op(C.LEA_R64_M, RAX, gates["gate_null"])
     a.op(C.CMP_R64_RM64, RAX, mem(RSP, 8))
     a.op(C.JE_REL32_64, do_null)
-    a.op(C.INC_RM64, mem(R13, PerCpu.UD_COUNT))
+    a.op(C.INC_RM64, mem(R13, PERCPU.ud_count))
     a.op(C.LEA_R64_M, RAX, ud_resume)
     a.op(C.MOV_RM64_R64, mem(RSP, 8), RAX)
     a.op(C.POP_R64, RAX)
@@ -293,10 +211,10 @@ def _worker(a: Asm, main: Label) -> None:
     a.op(C.MOV_R64_RM64, RDX, mem(RBX))
     a.op(C.CMP_R64_RM64, RAX, RDX)
     a.op(C.JNE_REL32_64, loop)
-    a.op(C.INC_RM64, mem(R13, PerCpu.CHECKED))
+    a.op(C.INC_RM64, mem(R13, PERCPU.checked))
     a.op(C.CMP_RM8_R8, AL, CL)
     a.op(C.JE_REL32_64, loop)
-    a.op(C.INC_RM64, mem(R13, PerCpu.STALE))
+    a.op(C.INC_RM64, mem(R13, PERCPU.stale))
     a.op(C.JMP_REL32_64, loop)
 
 
@@ -334,7 +252,7 @@ class _Sender:
         _now(a)
         a.op(C.CMP_R64_RM64, RAX, R10)
         a.op(C.JB_REL32_64, top)
-        a.op(C.INC_RM64, mem(RSI, Result.TIMEOUTS))
+        a.op(C.INC_RM64, mem(RSI, RESULT.timeouts))
         a.bind(done)
 
     def loop_watch(self, name: str) -> tuple[Label, Label, Label]:
@@ -344,7 +262,7 @@ class _Sender:
         top, nxt, end = a.label(f"{name}_top"), a.label(f"{name}_next"), a.label(f"{name}_end")
         a.op(C.XOR_R32_RM32, ECX, ECX)
         a.bind(top)
-        a.op(C.CMP_R64_RM64, RCX, mem(RBP, Config.NWATCH))
+        a.op(C.CMP_R64_RM64, RCX, mem(RBP, CONFIG.nwatch))
         a.op(C.JAE_REL32_64, end)
         return top, nxt, end
 
@@ -372,32 +290,32 @@ class _Sender:
             a.label("next_iter"),
         )
         a.bind(main)
-        a.op(C.MOV_R64_RM64, RBP, mem(R13, PerCpu.CONFIG))
-        a.op(C.MOV_R64_RM64, R12, mem(RBP, Config.CASES))
-        a.op(C.MOV_R64_RM64, RSI, mem(RBP, Config.RESULTS))
-        a.op(C.MOV_R64_RM64, RDI, mem(RBP, Config.DELTAS))
-        a.op(C.MOV_RM64_IMM32, mem(RBP, Config.CASE_INDEX), 0)
+        a.op(C.MOV_R64_RM64, RBP, mem(R13, PERCPU.config))
+        a.op(C.MOV_R64_RM64, R12, mem(RBP, CONFIG.cases))
+        a.op(C.MOV_R64_RM64, RSI, mem(RBP, CONFIG.results))
+        a.op(C.MOV_R64_RM64, RDI, mem(RBP, CONFIG.deltas))
+        a.op(C.MOV_RM64_IMM32, mem(RBP, CONFIG.case_index), 0)
         # Wait until every watched vCPU has finished booting (its APIC is enabled), as the
         # selftest's sender does: an IPI to a vCPU whose APIC is still disabled is dropped.
-        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_CPU))
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_cpu))
         top, nxt, end = self.loop_watch("ready")
         spin = a.here("ready_spin")
         a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
-        a.op(C.CMP_RM64_IMM8, mem(RAX, Map.PERCPU + PerCpu.READY), 0)
+        a.op(C.CMP_RM64_IMM8, mem(RAX, Map.PERCPU + PERCPU.ready), 0)
         a.op(C.JNE_REL32_64, nxt)
         a.op(C.PAUSE)
         a.op(C.JMP_REL32_64, spin)
         self.end_loop(top, nxt, end)
         a.bind(case_loop)
-        a.op(C.MOV_R64_RM64, RAX, mem(RBP, Config.CASE_INDEX))
-        a.op(C.CMP_R64_RM64, RAX, mem(RBP, Config.NCASES))
+        a.op(C.MOV_R64_RM64, RAX, mem(RBP, CONFIG.case_index))
+        a.op(C.CMP_R64_RM64, RAX, mem(RBP, CONFIG.ncases))
         a.op(C.JAE_REL32_64, all_done)
-        a.op(C.MOV_RM64_IMM32, mem(RBP, Config.ITER), 0)
+        a.op(C.MOV_RM64_IMM32, mem(RBP, CONFIG.iter), 0)
         a.bind(iter_loop)
-        a.op(C.MOV_R64_RM64, RAX, mem(RBP, Config.ITER))
-        a.op(C.CMP_R64_RM64, RAX, mem(RBP, Config.ITERATIONS))
+        a.op(C.MOV_R64_RM64, RAX, mem(RBP, CONFIG.iter))
+        a.op(C.CMP_R64_RM64, RAX, mem(RBP, CONFIG.iterations))
         a.op(C.JAE_REL32_64, case_done)
-        a.op(C.MOV_R64_RM64, RAX, mem(R12, Case.KIND))
+        a.op(C.MOV_R64_RM64, RAX, mem(R12, CASE.kind))
         a.op(C.CMP_RM64_IMM8, RAX, Kind.FLUSH)
         a.op(C.JE_REL32_64, prep_flush)
         a.op(C.CMP_RM64_IMM8, RAX, Kind.CONTROL)
@@ -405,19 +323,19 @@ class _Sender:
         a.bind(prep_flush)
         self.call("sub_zero_expect")
         a.bind(prep_swap)
-        a.op(C.MOV_R64_RM64, RAX, mem(RBP, Config.PTE_XOR))
-        a.op(C.MOV_R64_RM64, RBX, mem(RBP, Config.PTE_ADDR))
+        a.op(C.MOV_R64_RM64, RAX, mem(RBP, CONFIG.pte_xor))
+        a.op(C.MOV_R64_RM64, RBX, mem(RBP, CONFIG.pte_addr))
         a.op(C.XOR_RM64_R64, mem(RBX), RAX)
-        a.op(C.XOR_RM64_IMM8, mem(RBP, Config.CUR_BYTE), 3)
+        a.op(C.XOR_RM64_IMM8, mem(RBP, CONFIG.cur_byte), Map.FILL_A ^ Map.FILL_B)
         a.bind(issue)
         for k in range(6):
-            a.op(C.MOVDQU_XMM_XMMM128, XMM[k], mem(R12, Case.XMM + 16 * k))
+            a.op(C.MOVDQU_XMM_XMMM128, XMM[k], mem(R12, CASE.xmm + 16 * k))
         _now(a)
         a.op(C.MOV_R64_RM64, R9, RAX)
-        a.op(C.MOV_R64_RM64, RAX, mem(R12, Case.KIND))
-        a.op(C.MOV_R64_RM64, RCX, mem(R12, Case.RCX))
-        a.op(C.MOV_R64_RM64, RDX, mem(R12, Case.RDX))
-        a.op(C.MOV_R64_RM64, R8, mem(R12, Case.R8))
+        a.op(C.MOV_R64_RM64, RAX, mem(R12, CASE.kind))
+        a.op(C.MOV_R64_RM64, RCX, mem(R12, CASE.rcx))
+        a.op(C.MOV_R64_RM64, RDX, mem(R12, CASE.rdx))
+        a.op(C.MOV_R64_RM64, R8, mem(R12, CASE.r8))
         a.op(C.CMP_RM64_IMM8, RAX, Kind.BARE)
         a.op(C.JE_REL32_64, do_bare)
         a.op(C.CMP_RM64_IMM8, RAX, Kind.CONTROL)
@@ -437,28 +355,28 @@ class _Sender:
         a.bind(do_cpl3)
         # Call the hypercall page directly at CPL3: the VMM must inject #UD; the handler
         # resumes at ud_resume. RAX = 0 iff exactly one #UD was taken.
-        a.op(C.MOV_R64_RM64, R10, mem(R13, PerCpu.UD_COUNT))
+        a.op(C.MOV_R64_RM64, R10, mem(R13, PERCPU.ud_count))
         a.op(C.MOV_R64_RM64, RBX, RSP)
         a.op(C.MOV_R64_RM64, RAX, mem(disp=Map.HYPERCALL_PTR))
         a.op(C.CALL_RM64, RAX)
         a.bind(self.ud_resume)
         a.op(C.MOV_R64_RM64, RSP, RBX)
-        a.op(C.MOV_R64_RM64, RAX, mem(R13, PerCpu.UD_COUNT))
+        a.op(C.MOV_R64_RM64, RAX, mem(R13, PERCPU.ud_count))
         a.op(C.SUB_R64_RM64, RAX, R10)
         a.op(C.XOR_RM64_IMM8, RAX, 1)
         a.bind(issued)
         a.op(C.MOV_R64_RM64, RBX, RAX)
         _now(a)
         a.op(C.SUB_R64_RM64, RAX, R9)
-        a.op(C.MOV_R64_RM64, RCX, mem(RBP, Config.SAMPLES))
+        a.op(C.MOV_R64_RM64, RCX, mem(RBP, CONFIG.samples))
         a.op(C.MOV_RM32_R32, mem(RCX), EAX)
-        a.op(C.ADD_RM64_IMM8, mem(RBP, Config.SAMPLES), 4)
-        a.op(C.CMP_R64_RM64, RBX, mem(R12, Case.EXPECT_RAX))
+        a.op(C.ADD_RM64_IMM8, mem(RBP, CONFIG.samples), 4)
+        a.op(C.CMP_R64_RM64, RBX, mem(R12, CASE.expect_rax))
         a.op(C.JE_REL32_64, status_ok)
-        a.op(C.INC_RM64, mem(RSI, Result.BAD_STATUS))
-        a.op(C.MOV_RM64_R64, mem(RSI, Result.LAST_RAX), RBX)
+        a.op(C.INC_RM64, mem(RSI, RESULT.bad_status))
+        a.op(C.MOV_RM64_R64, mem(RSI, RESULT.last_rax), RBX)
         a.bind(status_ok)
-        a.op(C.MOV_R64_RM64, RAX, mem(R12, Case.KIND))
+        a.op(C.MOV_R64_RM64, RAX, mem(R12, CASE.kind))
         a.op(C.CMP_RM64_IMM8, RAX, Kind.IPI)
         a.op(C.JNE_REL32_64, not_ipi)
         self.call("sub_check_ipi")
@@ -471,14 +389,14 @@ class _Sender:
         a.bind(post_flush)
         self.call("sub_post_flush")
         a.bind(next_iter)
-        a.op(C.INC_RM64, mem(RBP, Config.ITER))
+        a.op(C.INC_RM64, mem(RBP, CONFIG.iter))
         a.op(C.JMP_REL32_64, iter_loop)
         a.bind(case_done)
         self.call("sub_sum_workers")
-        a.op(C.ADD_RM64_IMM32, R12, Case.SIZE)
-        a.op(C.ADD_RM64_IMM8, RSI, Result.SIZE)
-        a.op(C.ADD_R64_RM64, RDI, mem(RBP, Config.NWATCH))
-        a.op(C.INC_RM64, mem(RBP, Config.CASE_INDEX))
+        a.op(C.ADD_RM64_IMM32, R12, _CASE_SIZE)
+        a.op(C.ADD_RM64_IMM8, RSI, _RESULT_SIZE)
+        a.op(C.ADD_R64_RM64, RDI, mem(RBP, CONFIG.nwatch))
+        a.op(C.INC_RM64, mem(RBP, CONFIG.case_index))
         a.op(C.JMP_REL32_64, case_loop)
         a.bind(all_done)
         a.op(C.XOR_R32_RM32, EAX, EAX)
@@ -490,13 +408,13 @@ class _Sender:
         # R10 = now + SPIN_CYCLES
         a.bind(sub["sub_deadline"])
         _now(a)
-        a.op(C.ADD_R64_RM64, RAX, mem(RBP, Config.SPIN_CYCLES))
+        a.op(C.ADD_R64_RM64, RAX, mem(RBP, CONFIG.spin_cycles))
         a.op(C.MOV_R64_RM64, R10, RAX)
         a.op(C.RETNQ)
 
         # EXPECT[vp] = 0 for every watched VP
         a.bind(sub["sub_zero_expect"])
-        a.op(C.MOV_R64_RM64, R8, mem(RBP, Config.WATCH_VP))
+        a.op(C.MOV_R64_RM64, R8, mem(RBP, CONFIG.watch_vp))
         top, nxt, end = self.loop_watch("zero")
         a.op(C.MOV_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
         a.op(C.MOV_RM64_IMM32, mem(disp=Map.EXPECT, index=RAX, scale=8), 0)
@@ -505,27 +423,27 @@ class _Sender:
 
         # EXPECTED[j] += delta[j]; wait until COUNTERS[vp_j] >= EXPECTED[j]; count mismatches
         a.bind(sub["sub_check_ipi"])
-        a.op(C.MOV_R64_RM64, R8, mem(RBP, Config.EXPECTED))
+        a.op(C.MOV_R64_RM64, R8, mem(RBP, CONFIG.expected))
         top, nxt, end = self.loop_watch("add")
         a.op(C.MOVZX_R32_RM8, EAX, mem(RDI, index=RCX))
         a.op(C.ADD_RM64_R64, mem(R8, index=RCX, scale=8), RAX)
         self.end_loop(top, nxt, end)
         self.wait_until("ipi", "sub_ipi_reached")
-        a.op(C.MOV_R64_RM64, R8, mem(RBP, Config.EXPECTED))
-        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_VP))
+        a.op(C.MOV_R64_RM64, R8, mem(RBP, CONFIG.expected))
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_vp))
         top, nxt, end = self.loop_watch("verify")
         a.op(C.MOV_R64_RM64, RAX, mem(R9, index=RCX, scale=8))
         a.op(C.MOV_R64_RM64, RAX, mem(disp=Map.COUNTERS, index=RAX, scale=8))
         a.op(C.CMP_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
         a.op(C.JE_REL32_64, nxt)
-        a.op(C.INC_RM64, mem(RSI, Result.MISMATCH))
+        a.op(C.INC_RM64, mem(RSI, RESULT.mismatch))
         self.end_loop(top, nxt, end)
         a.op(C.RETNQ)
 
         # RAX = 1 if every COUNTERS[vp_j] >= EXPECTED[j]
         a.bind(sub["sub_ipi_reached"])
-        a.op(C.MOV_R64_RM64, R8, mem(RBP, Config.EXPECTED))
-        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_VP))
+        a.op(C.MOV_R64_RM64, R8, mem(RBP, CONFIG.expected))
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_vp))
         no = a.label("ipi_reached_no")
         top, nxt, end = self.loop_watch("reached")
         a.op(C.MOV_R64_RM64, RAX, mem(R9, index=RCX, scale=8))
@@ -542,19 +460,19 @@ class _Sender:
         # Publish a fresh expectation (GEN << 8 | CUR_BYTE) to the targeted workers, remember
         # their read counts, and wait until each made MIN_READS checked reads.
         a.bind(sub["sub_post_flush"])
-        a.op(C.INC_RM64, mem(RBP, Config.GEN))
-        a.op(C.MOV_R64_RM64, R11, mem(RBP, Config.GEN))
+        a.op(C.INC_RM64, mem(RBP, CONFIG.gen))
+        a.op(C.MOV_R64_RM64, R11, mem(RBP, CONFIG.gen))
         a.op(C.SHL_RM64_IMM8, R11, 8)
-        a.op(C.OR_R64_RM64, R11, mem(RBP, Config.CUR_BYTE))
-        a.op(C.MOV_R64_RM64, R8, mem(RBP, Config.WATCH_VP))
-        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_CPU))
-        a.op(C.MOV_R64_RM64, RDX, mem(RBP, Config.SCRATCH))
+        a.op(C.OR_R64_RM64, R11, mem(RBP, CONFIG.cur_byte))
+        a.op(C.MOV_R64_RM64, R8, mem(RBP, CONFIG.watch_vp))
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_cpu))
+        a.op(C.MOV_R64_RM64, RDX, mem(RBP, CONFIG.scratch))
         top, nxt, end = self.loop_watch("publish")
         a.op(C.MOVZX_R32_RM8, EAX, mem(RDI, index=RCX))
         a.op(C.TEST_RM32_R32, EAX, EAX)
         a.op(C.JE_REL32_64, nxt)
         a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
-        a.op(C.MOV_R64_RM64, RAX, mem(RAX, Map.PERCPU + PerCpu.CHECKED))
+        a.op(C.MOV_R64_RM64, RAX, mem(RAX, Map.PERCPU + PERCPU.checked))
         a.op(C.MOV_RM64_R64, mem(RDX, index=RCX, scale=8), RAX)
         a.op(C.MOV_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
         a.op(C.MOV_RM64_R64, mem(disp=Map.EXPECT, index=RAX, scale=8), R11)
@@ -564,17 +482,17 @@ class _Sender:
 
         # RAX = 1 if every targeted worker's CHECKED >= SCRATCH[j] + MIN_READS
         a.bind(sub["sub_reads_reached"])
-        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_CPU))
-        a.op(C.MOV_R64_RM64, RDX, mem(RBP, Config.SCRATCH))
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_cpu))
+        a.op(C.MOV_R64_RM64, RDX, mem(RBP, CONFIG.scratch))
         no = a.label("reads_reached_no")
         top, nxt, end = self.loop_watch("reads")
         a.op(C.MOVZX_R32_RM8, EAX, mem(RDI, index=RCX))
         a.op(C.TEST_RM32_R32, EAX, EAX)
         a.op(C.JE_REL32_64, nxt)
         a.op(C.MOV_R64_RM64, RBX, mem(RDX, index=RCX, scale=8))
-        a.op(C.ADD_R64_RM64, RBX, mem(RBP, Config.MIN_READS))
+        a.op(C.ADD_R64_RM64, RBX, mem(RBP, CONFIG.min_reads))
         a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
-        a.op(C.CMP_R64_RM64, RBX, mem(RAX, Map.PERCPU + PerCpu.CHECKED))
+        a.op(C.CMP_R64_RM64, RBX, mem(RAX, Map.PERCPU + PERCPU.checked))
         a.op(C.JA_REL32_64, no)
         self.end_loop(top, nxt, end)
         a.op(C.MOV_R32_IMM32, EAX, 1)
@@ -583,18 +501,18 @@ class _Sender:
         a.op(C.XOR_R32_RM32, EAX, EAX)
         a.op(C.RETNQ)
 
-        # Result.STALE_SUM / CHECKED_SUM = totals over the watched vCPUs
+        # RESULT.stale_sum / CHECKED_SUM = totals over the watched vCPUs
         a.bind(sub["sub_sum_workers"])
-        a.op(C.MOV_R64_RM64, R9, mem(RBP, Config.WATCH_CPU))
+        a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_cpu))
         a.op(C.XOR_R32_RM32, EBX, EBX)
         a.op(C.XOR_R32_RM32, EDX, EDX)
         top, nxt, end = self.loop_watch("sum")
         a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
-        a.op(C.ADD_R64_RM64, RBX, mem(RAX, Map.PERCPU + PerCpu.STALE))
-        a.op(C.ADD_R64_RM64, RDX, mem(RAX, Map.PERCPU + PerCpu.CHECKED))
+        a.op(C.ADD_R64_RM64, RBX, mem(RAX, Map.PERCPU + PERCPU.stale))
+        a.op(C.ADD_R64_RM64, RDX, mem(RAX, Map.PERCPU + PERCPU.checked))
         self.end_loop(top, nxt, end)
-        a.op(C.MOV_RM64_R64, mem(RSI, Result.STALE_SUM), RBX)
-        a.op(C.MOV_RM64_R64, mem(RSI, Result.CHECKED_SUM), RDX)
+        a.op(C.MOV_RM64_R64, mem(RSI, RESULT.stale_sum), RBX)
+        a.op(C.MOV_RM64_R64, mem(RSI, RESULT.checked_sum), RDX)
         a.op(C.RETNQ)
 
 
