@@ -96,6 +96,9 @@ class ExitTable:
     out_ports: dict[int, PortHandler] = field(default_factory=dict)
     in_ports: dict[int, PortHandler] = field(default_factory=dict)
     msrs: dict[int, MsrHandler] = field(default_factory=dict)
+    #: called on the vCPU's own thread each time a kick brought it out of KVM_RUN, after its
+    #: flush mailbox was served (for work that must run on that thread, e.g. vCPU ioctls)
+    on_kick: Callable[[VcpuThread], None] | None = None
 
 
 def contract_exits() -> ExitTable:
@@ -184,6 +187,9 @@ class VcpuThread:
                 while signal.sigtimedwait({KICK_SIGNAL}, 0) is not None:
                     pass
                 mailbox.serve()
+                on_kick = self.host.exits.on_kick
+                if on_kick is not None:
+                    on_kick(self)
                 continue
             handler = reasons.get(reason)
             if handler is None:

@@ -74,6 +74,8 @@ class Vcpu:
         self.vm = vm
         self.index = index
         self.fd = vm.create_vcpu_fd(index)
+        #: KVM_RUN calls that failed with EAGAIN (returned as RUN_INTERRUPTED, so retried)
+        self.eagain = 0
         self.run_map = mmap.mmap(
             self.fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
         )
@@ -92,7 +94,10 @@ class Vcpu:
         """KVM_RUN once. Returns the exit reason, or RUN_INTERRUPTED on EINTR (a kick)."""
         r, err = ioctl_raw(self.fd, Ioctl.RUN, 0)
         if r < 0:
-            if err in (errno.EINTR, errno.EAGAIN):
+            if err == errno.EAGAIN:  # e.g. an AP leaving wait-for-SIPI: retried by the caller
+                self.eagain += 1
+                return RUN_INTERRUPTED
+            if err == errno.EINTR:
                 return RUN_INTERRUPTED
             raise IoctlError(err, f"KVM_RUN on vCPU {self.index}: {os.strerror(err)}")
         return int(U32.unpack_from(self.run_map, RunOffsets.EXIT_REASON)[0])
