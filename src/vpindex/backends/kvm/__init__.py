@@ -7,11 +7,12 @@ reads this chain and checks it)::
     errors, structs
     -> _libc, ioctls
     -> system -> vm -> vcpu
-    -> layout, asm
-    -> contract
+    -> layout, asm, linuxvm, linuxvm.elf, linuxvm.bootparams, linuxvm.mptable, linuxvm.cpuid,
+       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones
+    -> contract, host_fixes
     -> guests, guests.suite_layout -> guests.hello, guests.suite_image
     -> remote_flush -> hyperv -> exits -> machine
-    -> suite_machine -> runner, scale, byo
+    -> suite_machine, linuxvm.vmm -> runner, scale, byo
 
 ``errors`` is the one error family; ``structs``/``ioctls`` hold the kernel's numbers and
 layouts, defined once; ``system``/``vm``/``vcpu`` wrap one fd each (:class:`Kvm`, :class:`Vm`,
@@ -20,8 +21,9 @@ assembles guests with iced-x86; ``contract`` is what every guest sees (ports, th
 stub, the MSR range); ``guests`` are images built against the contract, the suite's shared
 memory declared once in ``guests.suite_layout``; ``remote_flush`` is the TLB-flush protocol
 between vCPU threads, ``hyperv`` the Platform and CPUID, ``exits`` the per-vCPU exit loop and
-its extendable table, ``machine`` sets up, runs and stops; the rest drive scenarios. See
-docs/KVM.md.
+its extendable table, ``machine`` sets up, runs and stops; the rest drive scenarios.
+``linuxvm`` boots an unmodified Linux kernel on a machine (``linuxvm.vmm``) and ``host_fixes``
+holds every workaround for a defect of the host's /dev/kvm. See docs/KVM.md and docs/LINUX.md.
 """
 
 from __future__ import annotations

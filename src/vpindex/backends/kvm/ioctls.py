@@ -167,3 +167,25 @@ X2APIC_API_DISABLE_BROADCAST_QUIRK: Final = 2
 IO_DIRECTION_OUT: Final = 1
 #: Internal error sub-reason for "the instruction emulator failed".
 INTERNAL_ERROR_EMULATION: Final = 1
+
+
+class LinuxIoctl(IntEnum):
+    """Request numbers only the Linux-booting VMM uses (in-kernel PIT, IRQ lines, MSR reads,
+    hardware breakpoints)."""
+
+    SET_TSS_ADDR = _io(0x47)
+    IRQ_LINE = _iow(0x61, 8)  # struct kvm_irq_level
+    CREATE_PIT2 = _iow(0x77, 64)  # struct kvm_pit_config
+    GET_MSRS = _iowr(0x88, _MSRS_HEADER)
+    SET_GUEST_DEBUG = _iow(0x9B, 72)  # struct kvm_guest_debug
+
+
+assert int(LinuxIoctl.GET_MSRS) == 0xC008AE88 and int(LinuxIoctl.IRQ_LINE) == 0x4008AE61
+assert int(LinuxIoctl.CREATE_PIT2) == 0x4040AE77 and int(LinuxIoctl.SET_GUEST_DEBUG) == 0x4048AE9B
+
+#: KVM_SET_GUEST_DEBUG control bits.
+GUESTDBG_ENABLE: Final = 0x1
+GUESTDBG_SINGLESTEP: Final = 0x2
+GUESTDBG_USE_HW_BP: Final = 0x20000
+#: struct kvm_pit_config flag: emulate the PC speaker port as a dummy.
+PIT_SPEAKER_DUMMY: Final = 1
