@@ -1,0 +1,73 @@
+"""The kernel command line of the vpindex guest kernel (the one ``kernel.config`` builds).
+
+Words come in groups so a VMM can see why each is there, and keep the host-specific group in
+its own host-fixes module if it prefers (:func:`base_cmdline_words` with
+``host_workarounds=False`` leaves it out):
+
+- :data:`CONSOLE_WORDS`: the 8250 UART at :data:`UART_PORT` as console from the first
+  instruction (``earlycon``), one UART only, and ``/dev/kmsg`` writes never rate-limited
+  (``/init`` writes its report there).
+- :data:`BOOT_WORDS`: start ``/init`` from the initramfs; reboot through the keyboard
+  controller (``reboot=k``: the kernel writes 0xFE to port 0x64, the VMM's end-of-run signal),
+  also right after a panic (``panic=-1``); skip work that is slow when kernel code is emulated:
+  delay-loop calibration (``lpj=``), the TSC stability watchdog and the timer check.
+- :data:`PVM_WORDS`: only because this machine's ``/dev/kvm`` is PVM, whose instruction
+  emulator fails on ``xrstor64``, ``popcnt`` and ``clac`` in kernel code, and which ORs host
+  CPUID bits into the guest's (so features are hidden on the command line, not in CPUID).
+  On VMX/SVM KVM these words are unnecessary but harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "BOOT_WORDS",
+    "COMMAND_LINE_MAX",
+    "CONSOLE_WORDS",
+    "PVM_WORDS",
+    "UART_PORT",
+    "base_cmdline_words",
+    "kernel_cmdline",
+]
+
+UART_PORT = 0x3F8
+"""The I/O port of the guest's console UART (COM1, ttyS0)."""
+
+CONSOLE_WORDS: tuple[str, ...] = (
+    "console=ttyS0",
+    f"earlycon=uart8250,io,{UART_PORT:#x},115200",
+    "8250.nr_uarts=1",
+    "printk.devkmsg=on",
+)
+BOOT_WORDS: tuple[str, ...] = (
+    "rdinit=/init",
+    "reboot=k",
+    "panic=-1",
+    "lpj=5192244",
+    "tsc=reliable",
+    "no_timer_check",
+)
+PVM_WORDS: tuple[str, ...] = ("noxsave", "clearcpuid=popcnt,smap")
+
+COMMAND_LINE_MAX = 2047
+"""x86 Linux keeps at most COMMAND_LINE_SIZE (2048) bytes of command line, NUL included."""
+
+
+def base_cmdline_words(*, host_workarounds: bool = True) -> list[str]:
+    """Console and boot words, plus :data:`PVM_WORDS` unless ``host_workarounds`` is False."""
+    return [*CONSOLE_WORDS, *BOOT_WORDS, *(PVM_WORDS if host_workarounds else ())]
+
+
+def kernel_cmdline(*groups: Iterable[str]) -> str:
+    """The words of every group joined by spaces. Raises ValueError when the result is longer
+    than :data:`COMMAND_LINE_MAX` (the kernel would cut it silently) or a word is empty or
+    holds whitespace."""
+    words = [word for group in groups for word in group]
+    for word in words:
+        if not word or any(c.isspace() for c in word):
+            raise ValueError(f"bad kernel command-line word {word!r}")
+    line = " ".join(words)
+    if len(line.encode()) > COMMAND_LINE_MAX:
+        raise ValueError(f"kernel command line is {len(line)} bytes; the limit is 2047")
+    return line
