@@ -1,5 +1,5 @@
 """Registers every sub-command on :data:`vpindex.cli.app.app` (importing a module registers it)."""
 
-from vpindex.cli import bench, decode, replay, run
+from vpindex.cli import bench, decode, linux, replay, run
 
-__all__ = ["bench", "decode", "replay", "run"]
+__all__ = ["bench", "decode", "linux", "replay", "run"]
