@@ -1,118 +1,113 @@
 """``adaptive``: the default map. Int-bitmask arithmetic for the identity map; otherwise a
-per-member dict lookup or a C-speed walk of the vCPUs, whichever a small cost model says is
-cheaper for this set's size and width."""
+per-member dict lookup or a C-speed walk of the vCPUs, whichever the cost model
+(:mod:`vpindex.vpmap.costs`) says is cheaper for this set's size and width."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from itertools import compress
+from collections import deque
+from collections.abc import Callable, Iterable
+from itertools import compress, repeat
 from typing import Final
 
-from vpindex.abi.bits import BIT_POSITIONS, set_bits
+from vpindex.abi.bits import _ASCII_TO_BIT, BIT_POSITIONS, set_bits
 from vpindex.abi.vpset import VpSet
-from vpindex.vpmap.base import WALK_PER_MEMBER, MapBase, Snapshot, Walker
+from vpindex.vpmap.base import MapBase, Snapshot
+from vpindex.vpmap.costs import MODEL, PEEL_LIMIT, word_path
+from vpindex.vpmap.walk import Walker
 
-__all__ = ["PEEL_LIMIT", "AdaptiveMap", "lookup_cost"]
+__all__ = ["PEEL_LIMIT", "AdaptiveMap", "AdaptiveSnapshot"]
 
 _EMPTY: Final[frozenset[int]] = frozenset()
 _NONE: Final = frozenset({None})
-
-#: Sets of at most this many members are peeled here, bit by bit (as abi.set_bits would).
-PEEL_LIMIT: Final = 12
-
-# Per-member lookup costs, ns on the reference machine (docs/DESIGN.md, "The adaptive map").
-_PEEL_FIXED: Final = 300
-_PEEL_PER_MEMBER: Final = 170  # plus w / 16 per member: each step works on the whole w-bit int
-_WORDS_FIXED: Final = 400  # set_bits' word path (wide, sparse ints): 3/4 ns per bit of w
-_WORDS_PER_MEMBER: Final = 280
-_FLAT_FIXED: Final = 1000  # rendering a dense int
-_FLAT_PER_BIT: Final = 13
-_FLAT_PER_MEMBER: Final = 45
-
-
-def lookup_cost(k: int, w: int) -> int:
-    """Estimated ns to look up ``k`` members of a set whose int is ``w`` bits wide: extracting
-    the members (three regimes, as in :func:`vpindex.abi.bits.set_bits`) plus one dict lookup
-    each. O(1)."""
-    if k <= PEEL_LIMIT:
-        return _PEEL_FIXED + k * (_PEEL_PER_MEMBER + (w >> 4))
-    if w > 256 and 16 * k < w:
-        return _WORDS_FIXED + (3 * w >> 2) + _WORDS_PER_MEMBER * k
-    return _FLAT_FIXED + _FLAT_PER_BIT * w + _FLAT_PER_MEMBER * k
-
-
-_ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
 
 
 def _members(mask: int, k: int) -> Iterable[int]:
     """The positions of the ``k`` set bits of ``mask`` (k > PEEL_LIMIT), ascending: as
     ``set_bits``, but a dense int is rendered once and its positions come out of a C iterator
     over ready-made ints, with no list in between."""
-    w = mask.bit_length()
-    if w > 256 and 16 * k < w:  # sparse: set_bits' word path
+    if word_path(k, mask.bit_length()):
         return set_bits(mask)
     return compress(BIT_POSITIONS, bin(mask).encode("ascii").translate(_ASCII_TO_BIT)[:1:-1])
 
 
 class AdaptiveSnapshot(Snapshot):
-    """``vp_of`` plus: ``identity`` (every VP index equals its vCPU index), ``full`` (the mask
-    of all vCPUs), ``vcpu_at`` (dict VP index -> vCPU), ``held`` (the mask of the VP indexes
-    held), ``table`` (VP index -> vCPU as a tuple, kept only while the largest VP index is below
-    2n), ``walker`` (:class:`~vpindex.vpmap.base.Walker`), and ``walk_from``: the set size
-    from which the walk is cheaper than per-member lookup, by :func:`lookup_cost` for a set as
-    wide as the held VP indexes against the walker's cost (capped at n). Computed once per
-    snapshot, so a resolve decides with one comparison.
+    """``vp_of`` plus its index: ``full`` (the mask of all vCPUs), ``vcpu_at`` (dict VP index
+    -> vCPU), ``held`` (the mask of the VP indexes held), ``table`` (VP index -> vCPU as a
+    tuple, kept only while the largest VP index is below 2n), ``walker``
+    (:class:`~vpindex.vpmap.walk.Walker`), the two thresholds of the cost model
+    (:data:`~vpindex.vpmap.costs.MODEL`), and ``identity`` (every VP index equals its vCPU
+    index):
+
+    * ``walk_from``: the set size from which the walk is cheaper than per-member lookup, for a
+      set as wide as the held VP indexes (:meth:`~vpindex.vpmap.costs.CostModel.walk_from`,
+      closed form, at most n);
+    * ``peel_widths``: for k <= PEEL_LIMIT, the set width from which walking k members beats
+      peeling them (:meth:`~vpindex.vpmap.costs.CostModel.peel_widths`).
+
+    Computed once per snapshot, so a resolve decides with a comparison or two and never
+    evaluates the model.
 
     Built lazily: publishing a snapshot stores only ``vp_of`` (an update costs what any map's
-    validation costs), and the first read of an index field builds them all. Until then the
-    slots are unset, so that read falls through to ``__getattr__``; every later read is a plain
-    slot load, as fast as an eager build. Readers still take no lock: two first readers may
-    both build, from the same immutable ``vp_of``, and store equal values, so any reader sees
-    either an unset slot (and builds) or a correct value."""
+    validation costs), and the first read builds the index (:meth:`build_index`). A reader
+    reads ``identity`` first, in a ``try``: while it is unset that raises AttributeError (the
+    one slow path), and ``build_index`` sets ``identity`` last, so once it reads as set every
+    other field is too. Later reads are plain slot loads (the class defines no
+    ``__getattr__``, which would slow every attribute read). Readers take no lock: two first
+    readers may both build, from the same immutable ``vp_of``, and store equal values."""
 
-    __slots__ = ("full", "held", "identity", "table", "vcpu_at", "vcpus", "walk_from", "walker")
+    __slots__ = (
+        "full",
+        "held",
+        "identity",
+        "peel_widths",
+        "table",
+        "vcpu_at",
+        "vcpus",
+        "walk_from",
+        "walker",
+    )
+
+    full: int
+    held: int
+    identity: bool
+    peel_widths: tuple[int, ...]
+    table: tuple[int | None, ...] | None
+    vcpu_at: dict[int, int]
+    walk_from: int
+    walker: Walker
 
     def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
         super().__init__(vp_of)
         self.vcpus = vcpus
 
-    def __getattr__(self, name: str) -> object:
-        # Reached only for a slot not set yet: build the index, then read the slot.
-        if name not in _INDEX_FIELDS:
-            raise AttributeError(name)
-        self._build_index()
-        return object.__getattribute__(self, name)
-
-    def _build_index(self) -> None:
+    def build_index(self) -> AdaptiveSnapshot:
+        """Build every index field (``identity`` last); return ``self``. O(n + W), the loops
+        in C."""
         vp_of, vcpus = self.vp_of, self.vcpus
         n = len(vp_of)
+        width = max(vp_of) + 1
         self.full = (1 << n) - 1
-        self.identity = vp_of == vcpus
         self.vcpu_at = dict(zip(vp_of, vcpus, strict=True))
-        raw = bytearray((max(vp_of) >> 3) + 1)
-        for vp in vp_of:
-            raw[vp >> 3] |= 1 << (vp & 7)
-        self.held = int.from_bytes(raw, "little")
+        flags = bytearray(width)
+        _drain(map(flags.__setitem__, vp_of, repeat(1)))
+        self.held = int(flags[::-1].translate(_BIT_TO_ASCII), 2)
         #: VP index -> vCPU (None in the holes) while that is at most 2n entries: for large
         #: sets, tuple indexing stays in cache better than a dict of n scattered keys.
-        self.table: tuple[int | None, ...] | None = None
-        if len(raw) << 3 <= 2 * n:
-            table: list[int | None] = [None] * (max(vp_of) + 1)
-            for vcpu, vp in enumerate(vp_of):
-                table[vp] = vcpu
+        self.table = None
+        if ((width + 7) & ~7) <= 2 * n:
+            table: list[int | None] = [None] * width
+            _drain(map(table.__setitem__, vp_of, vcpus))
             self.table = tuple(table)
-        self.walker = Walker(vp_of, vcpus)
-        width = max(vp_of) + 1
-        walk = self.walker.cost
-        k = 2
-        while k < n and lookup_cost(k, width) < walk + WALK_PER_MEMBER * k:
-            k += 1
-        self.walk_from = k
+        self.walker = walker = Walker(vp_of, vcpus)
+        self.walk_from = MODEL.walk_from(n, width, walker.cost)
+        self.peel_widths = MODEL.peel_widths(walker.cost)
+        self.identity = vp_of == vcpus
+        return self
 
 
-_INDEX_FIELDS: Final = frozenset(
-    {"full", "held", "identity", "table", "vcpu_at", "walk_from", "walker"}
-)
+_BIT_TO_ASCII: Final = bytes.maketrans(b"\x00\x01", b"01")
+#: Runs an iterator to its end in C, keeping nothing.
+_drain: Final = deque[object](maxlen=0).extend
 
 
 class AdaptiveMap(MapBase[AdaptiveSnapshot]):
@@ -131,13 +126,16 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
     * **Otherwise, by size**: fewer than the snapshot's ``walk_from`` members -> per-member
       lookup, ``frozenset(map(dict.get, members))`` (members peeled here for k <= 12, else
       extracted in C; a tuple instead of the dict when VP indexes are dense). O(k). From
-      ``walk_from`` members on -> walk every vCPU (:class:`~vpindex.vpmap.base.Walker`),
-      O(n + W). ``walk_from`` comes from the cost model, once per snapshot.
+      ``walk_from`` members on -> walk every vCPU (:class:`~vpindex.vpmap.walk.Walker`),
+      O(n + W); a set of at most ``PEEL_LIMIT`` members narrower than the snapshot's
+      ``peel_widths`` entry for its size is still peeled. Both thresholds come from the cost
+      model (:mod:`vpindex.vpmap.costs`), once per snapshot.
 
     Why the choice by size: a lookup costs per member (extracting it from the int, then a dict
-    lookup), a walk costs per vCPU (at C speed) plus the set's width. Measured crossover: about
-    k = n/4 for a dense mapping; for n vCPUs spread over 4096 VP indexes extraction is dearer,
-    so the walk wins from about n/8, and for n <= ~64 from a handful of members.
+    lookup), a walk costs per vCPU (at C speed) plus the set's width. Where the two cross, for
+    the benchmark's maps, is tabled in docs/DESIGN.md ("Measured crossover"): near n/2 for a
+    dense mapping; for n vCPUs spread over 4096 VP indexes extraction is dearer, so the walk
+    wins from about n/10, and for n <= ~64 from a handful of members.
 
     ``vcpu_of`` is one ``dict.get``. Costs: ``resolve`` O(banks + min(k, n + W)), ``vcpu_of``
     O(1), update O(n), memory O(n) (a dict and two tuples of n entries, an ``itemgetter``, one
@@ -151,8 +149,17 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
 
     def nbytes(self) -> int:
         """See :meth:`VpIndexMap.nbytes`; counts the index, building it if no read has yet."""
-        _ = self._snap.identity
+        self._index()
         return super().nbytes()
+
+    def _index(self) -> AdaptiveSnapshot:
+        """The published snapshot, its index built."""
+        snap = self._snap
+        try:
+            snap.identity  # noqa: B018 (the read is the test)
+        except AttributeError:
+            snap.build_index()
+        return snap
 
     def vcpu_of(self, vp_index: int) -> int | None:
         """O(1): one dict subscript (faster than ``dict.get``: no method call; a miss pays for
@@ -161,12 +168,19 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
             return self._snap.vcpu_at[vp_index]
         except KeyError:
             return None
+        except AttributeError:  # the first read of this snapshot
+            return self._index().vcpu_at.get(vp_index)
 
     def resolve(self, vpset: VpSet) -> frozenset[int]:
         """O(banks + min(k, n + W)); see the class docstring for the choice."""
         snap = self._snap
         mask = vpset.mask
-        if snap.identity:
+        try:
+            identity = snap.identity
+        except AttributeError:  # the first read of this snapshot
+            identity = snap.build_index().identity
+        lookup: Callable[[int], int | None] | None = None
+        if identity:
             full = snap.full
             if mask > full:
                 mask &= full
@@ -177,44 +191,40 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
                 return frozenset(_members(mask, k))
             if k == 1:
                 return frozenset((mask.bit_length() - 1,))
-            peeled = []
-            while mask:
-                low = mask & -mask
-                peeled.append(low.bit_length() - 1)
-                mask ^= low
-            return frozenset(peeled)
-        k = mask.bit_count()
-        if k <= 1:
-            vcpu = snap.vcpu_at.get(mask.bit_length() - 1)
-            return _EMPTY if vcpu is None else frozenset((vcpu,))
-        if k >= snap.walk_from:
-            if k >= self._n:  # only a set this large can name every held VP index
-                held = snap.held
-                hits = mask & held
-                if hits == held:
-                    return self._all_vcpus
-                mask = hits
-                k = hits.bit_count()
-            # walk_from assumes a set as wide as the held VP indexes; a small set that is
-            # narrower is cheaper to peel than that, so ask the model with its own width.
-            if k >= snap.walk_from and (
-                k > PEEL_LIMIT
-                or lookup_cost(k, mask.bit_length()) >= snap.walker.cost + WALK_PER_MEMBER * k
-            ):
-                return snap.walker(mask)
-        if k > PEEL_LIMIT:
-            table = snap.table
-            if table is None:
-                found = frozenset(map(snap.vcpu_at.get, _members(mask, k)))
-            else:
-                if mask.bit_length() > len(table):
-                    mask &= (1 << len(table)) - 1
-                found = frozenset(map(table.__getitem__, _members(mask, k)))
         else:
-            peeled = []
-            while mask:
-                low = mask & -mask
-                peeled.append(low.bit_length() - 1)
-                mask ^= low
-            found = frozenset(map(snap.vcpu_at.get, peeled))
+            k = mask.bit_count()
+            if k <= 1:
+                vcpu = snap.vcpu_at.get(mask.bit_length() - 1)
+                return _EMPTY if vcpu is None else frozenset((vcpu,))
+            walk_from = snap.walk_from
+            if k >= walk_from:
+                if k >= self._n:  # only a set this large can name every held VP index
+                    held = snap.held
+                    hits = mask & held
+                    if hits == held:
+                        return self._all_vcpus
+                    mask = hits
+                    k = hits.bit_count()
+                # walk_from assumes a set as wide as the held VP indexes; a small set is
+                # peeled unless it is at least as wide as the model's width for its size.
+                if k >= walk_from and (k > PEEL_LIMIT or mask.bit_length() >= snap.peel_widths[k]):
+                    return snap.walker(mask)
+            if k > PEEL_LIMIT:
+                table = snap.table
+                if table is None:
+                    found = frozenset(map(snap.vcpu_at.get, _members(mask, k)))
+                else:
+                    if mask.bit_length() > len(table):
+                        mask &= (1 << len(table)) - 1
+                    found = frozenset(map(table.__getitem__, _members(mask, k)))
+                return found - _NONE if None in found else found  # type: ignore[return-value]
+            lookup = snap.vcpu_at.get
+        peeled = []
+        while mask:
+            low = mask & -mask
+            peeled.append(low.bit_length() - 1)
+            mask ^= low
+        if lookup is None:
+            return frozenset(peeled)
+        found = frozenset(map(lookup, peeled))
         return found - _NONE if None in found else found  # type: ignore[return-value]

@@ -16,19 +16,16 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from itertools import compress
-from operator import and_, itemgetter
-from typing import Final, Generic, Protocol, TypeVar, runtime_checkable
+from operator import itemgetter
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from vpindex.abi.vpset import MAX_VP_INDEX, VpSet
 
 __all__ = [
-    "WALK_PER_MEMBER",
     "MapBase",
     "Snapshot",
     "VpIndexError",
     "VpIndexMap",
-    "Walker",
     "check_dimensions",
     "owned_nbytes",
     "scan_vp_indexes",
@@ -176,81 +173,13 @@ def _updated(
     return result
 
 
-_ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
-
-# Walk costs, in ns on the reference machine (docs/DESIGN.md): rendering a set's int as a bit
-# table with bin() costs per bit of the table; reading every vCPU's flag costs per vCPU. (Each
-# member found also costs its frozenset insertion, as for any strategy: WALK_PER_MEMBER.)
-_BIT_WALK_FIXED: Final = 1000
-_BIT_WALK_PER_BIT: Final = 2
-_BIT_WALK_PER_VCPU: Final = 20
-_BYTE_WALK_FIXED: Final = 800
-_BYTE_WALK_PER_VCPU: Final = 38
-#: ns per member a walk finds (the frozenset insertion).
-WALK_PER_MEMBER: Final = 25
-
-
-class Walker:
-    """Tests every vCPU's VP index for membership in a set, with the loop in C.
-
-    Two renderings of the set's int, chosen per map by estimated cost (``cost``, ns, before
-    the ``WALK_PER_MEMBER`` each member found adds), for W = largest VP index held + 1:
-
-    * bit table: ``bin(mask | 1 << W)`` (a sentinel top bit fixes the length) +
-      ``bytes.translate`` to 0/1 bytes, O(W); one ``itemgetter`` call reads every vCPU's byte
-      (bit ``vp`` sits at byte ``W + 2 - vp``). Chosen only while W <= 9 n or so, so the
-      sentinel int it keeps is O(n) bits;
-    * byte table: ``mask.to_bytes``, O(W / 8); one ``itemgetter`` call reads every vCPU's byte
-      and ``map(operator.and_, ...)`` tests its bit. Dearer per vCPU but with no per-bit
-      rendering: it wins when a few vCPUs hold VP indexes spread over a wide range.
-
-    ``walker(mask)`` is then ``frozenset(compress(vcpus, flags))``: O(n + W), all at C speed.
-    """
-
-    __slots__ = ("_bits", "_getter", "_size", "_top", "_vcpus", "_width", "cost")
-
-    def __init__(self, vp_of: tuple[int, ...], vcpus: tuple[int, ...]) -> None:
-        n = len(vp_of)
-        width = max(vp_of) + 1
-        bit_cost = _BIT_WALK_FIXED + _BIT_WALK_PER_BIT * width + _BIT_WALK_PER_VCPU * n
-        byte_cost = _BYTE_WALK_FIXED + _BYTE_WALK_PER_VCPU * n
-        self._vcpus = vcpus
-        self._bits: tuple[int, ...] | None
-        if byte_cost < bit_cost:
-            self.cost = byte_cost
-            self._size = (width + 7) >> 3
-            self._width = self._size << 3
-            positions = [vp >> 3 for vp in vp_of]
-            self._bits = tuple(1 << (vp & 7) for vp in vp_of)
-            self._top = 0
-        else:
-            self.cost = bit_cost
-            self._size = self._width = width
-            positions = [width + 2 - vp for vp in vp_of]
-            self._bits = None
-            self._top = 1 << width
-        if n == 1:  # itemgetter of one item returns the item, not a tuple
-            positions.append(positions[0])
-        self._getter = itemgetter(*positions)
-
-    def __call__(self, mask: int) -> frozenset[int]:
-        """The vCPUs whose VP index is in ``mask``."""
-        if mask.bit_length() > self._width:
-            mask &= (1 << self._width) - 1
-        bits = self._bits
-        if bits is None:
-            table = bin(mask | self._top).encode("ascii").translate(_ASCII_TO_BIT)
-            return frozenset(compress(self._vcpus, self._getter(table)))
-        raw = mask.to_bytes(self._size, "little")
-        return frozenset(compress(self._vcpus, map(and_, self._getter(raw), bits)))
-
-
 def owned_nbytes(*objects: object) -> int:
     """``sys.getsizeof`` of ``objects`` and, recursively, of the containers and ints they hold.
 
     Each object is counted once (by identity); CPython's cached small ints (-5..256) and None
     are shared by the whole interpreter and not counted. An ``itemgetter`` is counted with the
-    tuple of items it keeps.
+    tuple of items it keeps, an object with ``__slots__`` (a snapshot, a walker) with what its
+    slots hold (an unset slot counts nothing).
     """
     seen: set[int] = set()
     total = 0
@@ -272,8 +201,8 @@ def owned_nbytes(*objects: object) -> int:
             items = obj.__reduce__()[1]
             total += sys.getsizeof(items)
             stack.extend(items)
-        elif isinstance(obj, (Snapshot, Walker)):
-            stack.extend(getattr(obj, slot) for slot in _slots(type(obj)))
+        elif hasattr(type(obj), "__slots__"):  # a snapshot, a walker: what its slots hold
+            stack.extend(getattr(obj, slot, None) for slot in _slots(type(obj)))
     return total
 
 

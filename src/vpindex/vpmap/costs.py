@@ -1,0 +1,224 @@
+"""The adaptive map's cost model: what a per-member lookup and a walk of every vCPU cost.
+
+The adaptive map (:mod:`vpindex.vpmap.adaptive`) answers a VP set either by looking each member
+up (extracting the members from the set's int, then one dict or tuple lookup each) or by
+walking every vCPU (:class:`~vpindex.vpmap.walk.Walker`). Which is cheaper depends on the set's
+size k and width w, on n and on the width W of the held VP indexes, and the constants that say
+how much are machine- and interpreter-specific: they live here, once, as :data:`MODEL`, with
+the machine and Python version they were fitted on.
+
+``vpindex bench calibrate`` times each regime on the running machine, fits the constants (least
+squares, :mod:`vpindex.lab.calibrate`) and prints the new table; ``--write`` regenerates the
+block between the ``BEGIN fitted`` / ``END fitted`` markers below. docs/DESIGN.md ("Measured
+crossover") tables what this model decides for the benchmark's maps, and a test recomputes
+that table from :data:`MODEL`, so the prose and the code cannot drift.
+
+The model, all figures in ns for one ``resolve`` call, k members, w = the set's bit length,
+n vCPUs, W = the largest held VP index + 1:
+
+* lookup, by how the members are extracted (the regimes of :func:`vpindex.abi.bits.set_bits`
+  as the adaptive map uses them): peeling ``m & -m`` for k <= ``PEEL_LIMIT`` costs
+  ``peel_fixed + peel_per_bit w + k (peel_per_member + peel_per_member_bit w)`` (each step
+  works on the whole w-bit int); the word path for a wide, sparse int (:func:`word_path`)
+  costs ``words_fixed + words_per_bit w + words_per_member k``; rendering the int once costs
+  ``flat_fixed + flat_per_bit w + flat_per_member k``;
+* walk: with a bit table ``bit_walk_fixed + bit_walk_per_bit W + bit_walk_per_vcpu n``, with
+  a byte table ``byte_walk_fixed + byte_walk_per_vcpu n``; either way plus
+  ``walk_per_member k`` for the members found (their frozenset insertion).
+
+Everything here is O(1) per call, so a snapshot can ask the model while it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, floor
+from typing import Final
+
+__all__ = [
+    "MODEL",
+    "PEEL_LIMIT",
+    "WORD_PATH_MIN_WIDTH",
+    "WORD_PATH_RATIO",
+    "CostModel",
+    "word_path",
+]
+
+#: Sets of at most this many members are peeled bit by bit (``m & -m``) by the adaptive map.
+PEEL_LIMIT: Final = 12
+#: ``set_bits``' word path serves ints wider than this many bits ...
+WORD_PATH_MIN_WIDTH: Final = 256
+#: ... whose popcount times this ratio is below their width.
+WORD_PATH_RATIO: Final = 16
+
+
+def word_path(k: int, w: int) -> bool:
+    """True if a ``w``-bit int with ``k`` set bits goes through ``set_bits``' word path (split
+    into 64-bit words, zero words skipped): wide and sparse."""
+    return w > WORD_PATH_MIN_WIDTH and WORD_PATH_RATIO * k < w
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Fitted constants (ns) of the model in the module docstring, and where they were fitted.
+
+    ``machine`` and ``python`` name the host and interpreter of the fit, ``fitted`` its date.
+    """
+
+    peel_fixed: float
+    peel_per_bit: float
+    peel_per_member: float
+    peel_per_member_bit: float
+    words_fixed: float
+    words_per_bit: float
+    words_per_member: float
+    flat_fixed: float
+    flat_per_bit: float
+    flat_per_member: float
+    bit_walk_fixed: float
+    bit_walk_per_bit: float
+    bit_walk_per_vcpu: float
+    byte_walk_fixed: float
+    byte_walk_per_vcpu: float
+    walk_per_member: float
+    machine: str
+    python: str
+    fitted: str
+
+    def lookup_cost(self, k: int, w: int) -> float:
+        """Looking up ``k`` members of a ``w``-bit set: extraction plus one lookup each."""
+        fixed, per_member = self._lookup_line(k, w)
+        return fixed + per_member * k
+
+    def _lookup_line(self, k: int, w: int) -> tuple[float, float]:
+        """(fixed, per member) of the lookup regime that serves ``k`` members at width ``w``."""
+        if k <= PEEL_LIMIT:
+            fixed = self.peel_fixed + self.peel_per_bit * w
+            return fixed, self.peel_per_member + self.peel_per_member_bit * w
+        if word_path(k, w):
+            return self.words_fixed + self.words_per_bit * w, self.words_per_member
+        return self.flat_fixed + self.flat_per_bit * w, self.flat_per_member
+
+    def bit_walk_cost(self, n: int, width: int) -> float:
+        """A walk of ``n`` vCPUs with a bit table ``width`` bits wide (before the members)."""
+        return self.bit_walk_fixed + self.bit_walk_per_bit * width + self.bit_walk_per_vcpu * n
+
+    def byte_walk_cost(self, n: int) -> float:
+        """A walk of ``n`` vCPUs with a byte table (before the members)."""
+        return self.byte_walk_fixed + self.byte_walk_per_vcpu * n
+
+    def walk_from(self, n: int, w: int, walk_cost: float) -> int:
+        """The smallest k in ``[2, n)`` at which a lookup of k members of a ``w``-bit set costs
+        at least the walk (``walk_cost + walk_per_member k``), or ``max(2, n)`` if there is
+        none.
+
+        Closed form: each lookup regime is a line in k, so the answer is the first regime's
+        root that falls inside that regime's range of k. O(1); equal to testing k = 2, 3, ...
+        in turn.
+        """
+        lo = 2
+        for hi, (fixed, per_member) in self._segments(n, w):
+            if lo > hi:
+                continue
+            # smallest k in [lo, hi] with fixed + per_member k >= walk_cost + walk_per_member k
+            slope = per_member - self.walk_per_member
+            gap = walk_cost - fixed
+            if slope > 0:
+                k = max(lo, ceil(gap / slope))
+            elif gap <= slope * lo:  # slope <= 0: the lookup's lead only shrinks with k
+                k = lo
+            else:
+                k = hi + 1
+            # step over a rounding error of the division
+            while k > lo and not self._lookup_wins(k - 1, w, walk_cost):
+                k -= 1
+            while k <= hi and self._lookup_wins(k, w, walk_cost):
+                k += 1
+            if k <= hi:
+                return k
+            lo = hi + 1
+        return max(2, n)
+
+    def _segments(self, n: int, w: int) -> list[tuple[int, tuple[float, float]]]:
+        """The lookup regimes at width ``w`` as (last k, line) in increasing k, up to n - 1."""
+        last = n - 1
+        peel_end = min(PEEL_LIMIT, last)
+        out = [(peel_end, self._lookup_line(PEEL_LIMIT, w))]
+        # the word path serves k < w / RATIO (when w is wide enough), rendering the rest
+        words_end = min(last, (w - 1) // WORD_PATH_RATIO) if w > WORD_PATH_MIN_WIDTH else 0
+        if words_end > PEEL_LIMIT:
+            out.append((words_end, self._lookup_line(PEEL_LIMIT + 1, w)))
+        out.append((last, self._lookup_line(max(words_end, PEEL_LIMIT) + 1, w)))
+        return out
+
+    def _lookup_wins(self, k: int, w: int, walk_cost: float) -> bool:
+        return self.lookup_cost(k, w) < walk_cost + self.walk_per_member * k
+
+    def peel_widths(self, walk_cost: float) -> tuple[int, ...]:
+        """For k = 0 .. PEEL_LIMIT, the smallest set width w at which peeling k members costs
+        at least the walk (``walk_cost + walk_per_member k``); 0 for k < 2 (never asked).
+
+        Peeling costs grow with w, so a set of k <= PEEL_LIMIT members is walked exactly when
+        its bit length is at least entry k: one tuple index per call instead of the model.
+        """
+        out = [0, 0]
+        for k in range(2, PEEL_LIMIT + 1):
+            per_bit = self.peel_per_bit + self.peel_per_member_bit * k
+            need = walk_cost + (self.walk_per_member - self.peel_per_member) * k - self.peel_fixed
+            if per_bit <= 0:
+                w = 0 if need <= 0 else 1 << 30
+            else:
+                w = max(0, floor(need / per_bit))
+                while w > 0 and self.lookup_cost(k, w - 1) >= walk_cost + self.walk_per_member * k:
+                    w -= 1
+                while self.lookup_cost(k, w) < walk_cost + self.walk_per_member * k:
+                    w += 1
+            out.append(w)
+        return tuple(out)
+
+    def formulas(self) -> list[str]:
+        """The model with its constants, one line per cost (the text docs/DESIGN.md shows)."""
+        return [
+            f"lookup, peel (k <= {PEEL_LIMIT}): "
+            f"`{_n(self.peel_fixed)} + {_n(self.peel_per_bit)} w + k ({_n(self.peel_per_member)} + "
+            f"{_n(self.peel_per_member_bit)} w)`",
+            f"lookup, word path ({WORD_PATH_RATIO}k < w, w > {WORD_PATH_MIN_WIDTH}): "
+            f"`{_n(self.words_fixed)} + {_n(self.words_per_bit)} w + "
+            f"{_n(self.words_per_member)} k`",
+            f"lookup, rendering: `{_n(self.flat_fixed)} + {_n(self.flat_per_bit)} w + "
+            f"{_n(self.flat_per_member)} k`",
+            f"walk, bit table: `{_n(self.bit_walk_fixed)} + {_n(self.bit_walk_per_bit)} W + "
+            f"{_n(self.bit_walk_per_vcpu)} n`",
+            f"walk, byte table: `{_n(self.byte_walk_fixed)} + {_n(self.byte_walk_per_vcpu)} n`",
+            f"walk, per member found: `{_n(self.walk_per_member)} k`",
+        ]
+
+
+def _n(x: float) -> str:
+    """A constant for prose: 3 significant digits, no trailing zeros."""
+    return f"{x:.3g}"
+
+
+# BEGIN fitted (regenerated by `vpindex bench calibrate --write`; do not edit by hand)
+MODEL: Final = CostModel(
+    peel_fixed=300.0,
+    peel_per_bit=0.0,
+    peel_per_member=170.0,
+    peel_per_member_bit=0.0625,
+    words_fixed=400.0,
+    words_per_bit=0.75,
+    words_per_member=280.0,
+    flat_fixed=1000.0,
+    flat_per_bit=13.0,
+    flat_per_member=45.0,
+    bit_walk_fixed=1000.0,
+    bit_walk_per_bit=2.0,
+    bit_walk_per_vcpu=20.0,
+    byte_walk_fixed=800.0,
+    byte_walk_per_vcpu=38.0,
+    walk_per_member=25.0,
+    machine="2-core shared AMD EPYC guest (PVM)",
+    python="3.11.7",
+    fitted="before 2026-12-01 (hand-fitted, not recorded)",
+)
+# END fitted
