@@ -12,19 +12,12 @@ from typer.testing import CliRunner
 from vpindex.abi import VpSet
 from vpindex.cli import commands  # noqa: F401  (registers the sub-commands)
 from vpindex.cli.app import app
+from vpindex.lab.fixtures import encode_variant
+from vpindex.lab.grid import DEFAULT_VARIANTS, Cell, SweepConfig, parse_targets, target_count
+from vpindex.lab.ranking import rank
+from vpindex.lab.records import CellResult
 from vpindex.lab.report import SCHEMA, evaluate_goals, sweep_to_json
-from vpindex.lab.sweep import (
-    DEFAULT_VARIANTS,
-    Cell,
-    CellResult,
-    SweepConfig,
-    encode_variant,
-    make_cells,
-    parse_targets,
-    rank,
-    run_sweep,
-    target_count,
-)
+from vpindex.lab.sweep import make_cells, run_sweep
 from vpindex.lab.timing import Timing, calibrate, measure, measure_interleaved, quartiles
 
 PNG = b"\x89PNG\r\n\x1a\n"

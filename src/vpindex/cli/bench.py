@@ -15,20 +15,19 @@ from rich.table import Table
 from vpindex.backends.sim import MAPPINGS
 from vpindex.cli.app import app
 from vpindex.cli.parsing import parse_int_list
-from vpindex.lab.report import ADAPTIVE_TOLERANCE, evaluate_goals, sweep_to_json
-from vpindex.lab.sweep import (
+from vpindex.lab.grid import (
     DEFAULT_TARGETS,
     HYPERCALL_VARIANTS,
     OPS,
     QUICK_VARIANTS,
     QUICK_VCPUS,
     Cell,
-    CellResult,
     SweepConfig,
-    SweepResult,
     parse_targets,
-    run_sweep,
 )
+from vpindex.lab.records import CellResult, SweepResult
+from vpindex.lab.report import ADAPTIVE_TOLERANCE, evaluate_goals, sweep_to_json
+from vpindex.lab.sweep import run_sweep
 from vpindex.lab.timing import clock_name, format_ns, use_clock
 from vpindex.vpmap import STRATEGIES
 
@@ -239,3 +238,4 @@ def bench(
         render_sweep(console, sweep)
     if json_out is not None:
         console.print(f"wrote {json_out}")
+

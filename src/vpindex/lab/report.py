@@ -7,11 +7,11 @@ import os
 import platform
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from vpindex.lab.sweep import CellResult, SweepResult
+from vpindex.lab.records import CellResult, SweepResult, config_json, result_json
 from vpindex.lab.timing import clock_name, format_ns
 
 __all__ = ["SCHEMA", "Goal", "evaluate_goals", "machine_info", "sweep_to_json", "worst_adaptive"]
@@ -215,9 +215,9 @@ def sweep_to_json(sweep: SweepResult) -> dict[str, Any]:
             "interleaved": "samples taken round-robin across the strategies of a group",
             "rechecked_groups": sweep.rechecked,
         },
-        "config": sweep.config.to_json(),
+        "config": config_json(sweep.config),
         "elapsed_s": round(sweep.elapsed_s, 2),
-        "results": [r.to_json() for r in sweep.results],
-        "memory": [m.to_json() for m in sweep.memory],
+        "results": [result_json(r) for r in sweep.results],
+        "memory": [asdict(m) for m in sweep.memory],
         "goals": [g.to_json() for g in evaluate_goals(sweep)],
     }
