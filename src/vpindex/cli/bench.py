@@ -123,8 +123,14 @@ def render_sweep(console: Console, sweep: SweepResult) -> None:
     )
 
 
-@app.command()
+#: ``vpindex bench`` runs the sweep; ``vpindex bench calibrate`` refits the cost model.
+bench_app = typer.Typer(rich_markup_mode="markdown")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     strategies: Annotated[
         str | None,
         typer.Option(help=f"Comma-separated strategies (default all: {', '.join(STRATEGIES)})."),
@@ -172,7 +178,11 @@ def bench(
     quiet: Annotated[bool, typer.Option(help="No tables (with --json/--plot).")] = False,
 ) -> None:
     """Time the VP-index strategies per op, mapping, N and target count; print the ratio of
-    each to the best, memory per map, and the issue-6 goals."""
+    each to the best, memory per map, and the issue-6 goals.
+
+    `vpindex bench calibrate` refits the adaptive map's cost model instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         config = SweepConfig(
             targets=parse_targets(targets),
@@ -239,3 +249,38 @@ def bench(
     if json_out is not None:
         console.print(f"wrote {json_out}")
 
+
+@bench_app.command()
+def calibrate(
+    repeat: Annotated[int, typer.Option(min=1, max=1000, help="Samples per point.")] = 9,
+    sample_ms: Annotated[
+        float, typer.Option(min=0.1, max=1000, help="Minimum duration of one sample, ms.")
+    ] = 5,
+    write: Annotated[
+        bool, typer.Option(help="Regenerate the fitted block of vpindex/vpmap/costs.py.")
+    ] = False,
+) -> None:
+    """Refit the adaptive map's cost model on this machine (CPU-time clock, ~20 s): print
+    each constant now and as fitted, and what both models decide for the maps of
+    docs/DESIGN.md; with --write, regenerate the constants module."""
+    from vpindex.lab import costfit as cal
+    from vpindex.vpmap import costs
+
+    fit, points, _ = cal.run_calibration(
+        repeat=repeat,
+        target_ns=int(sample_ms * 1e6),
+        progress=lambda text: typer.echo(text, err=True),
+    )
+    typer.echo(
+        f"cost model fitted on this machine: {len(points)} points, {repeat} samples each "
+        f"(minimum fitted), clock {clock_name()}"
+    )
+    for line in cal.report_lines(fit):
+        typer.echo(line)
+    path = Path(costs.__file__)
+    if write:
+        cal.write_model(fit.model, path)
+        typer.echo(f"wrote {path}")
+    else:
+        typer.echo(f"not written; --write regenerates {path} with:")
+        typer.echo(cal.model_block(fit.model), nl=False)

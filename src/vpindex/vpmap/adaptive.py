@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from itertools import compress, repeat
 from typing import Final
 
@@ -19,6 +20,9 @@ __all__ = ["PEEL_LIMIT", "AdaptiveMap", "AdaptiveSnapshot"]
 
 _EMPTY: Final[frozenset[int]] = frozenset()
 _NONE: Final = frozenset({None})
+_BIT_TO_ASCII: Final = bytes.maketrans(b"\x00\x01", b"01")
+#: Runs an iterator to its end in C, keeping nothing.
+_drain: Final = deque[object](maxlen=0).extend
 
 
 def _members(mask: int, k: int) -> Iterable[int]:
@@ -38,11 +42,14 @@ class AdaptiveSnapshot(Snapshot):
     (:data:`~vpindex.vpmap.costs.MODEL`), and ``identity`` (every VP index equals its vCPU
     index):
 
-    * ``walk_from``: the set size from which the walk is cheaper than per-member lookup, for a
-      set as wide as the held VP indexes (:meth:`~vpindex.vpmap.costs.CostModel.walk_from`,
-      closed form, at most n);
+    * ``walk_from``: the smallest set size at which the walk is cheaper than per-member
+      lookup, for a set as wide as the held VP indexes
+      (:meth:`~vpindex.vpmap.costs.CostModel.walk_from`, closed form, at most n): below it,
+      every set is looked up;
     * ``peel_widths``: for k <= PEEL_LIMIT, the set width from which walking k members beats
-      peeling them (:meth:`~vpindex.vpmap.costs.CostModel.peel_widths`).
+      peeling them (:meth:`~vpindex.vpmap.costs.CostModel.peel_widths`);
+    * ``walk_above``: the same as ``walk_from`` among sizes above PEEL_LIMIT (where members
+      are extracted by rendering or by words, which can undercut the walk again).
 
     Computed once per snapshot, so a resolve decides with a comparison or two and never
     evaluates the model.
@@ -63,6 +70,7 @@ class AdaptiveSnapshot(Snapshot):
         "table",
         "vcpu_at",
         "vcpus",
+        "walk_above",
         "walk_from",
         "walker",
     )
@@ -73,6 +81,7 @@ class AdaptiveSnapshot(Snapshot):
     peel_widths: tuple[int, ...]
     table: tuple[int | None, ...] | None
     vcpu_at: dict[int, int]
+    walk_above: int
     walk_from: int
     walker: Walker
 
@@ -88,9 +97,7 @@ class AdaptiveSnapshot(Snapshot):
         width = max(vp_of) + 1
         self.full = (1 << n) - 1
         self.vcpu_at = dict(zip(vp_of, vcpus, strict=True))
-        flags = bytearray(width)
-        _drain(map(flags.__setitem__, vp_of, repeat(1)))
-        self.held = int(flags[::-1].translate(_BIT_TO_ASCII), 2)
+        self.held = _held_mask(vp_of, width)
         #: VP index -> vCPU (None in the holes) while that is at most 2n entries: for large
         #: sets, tuple indexing stays in cache better than a dict of n scattered keys.
         self.table = None
@@ -99,15 +106,34 @@ class AdaptiveSnapshot(Snapshot):
             _drain(map(table.__setitem__, vp_of, vcpus))
             self.table = tuple(table)
         self.walker = walker = Walker(vp_of, vcpus)
-        self.walk_from = MODEL.walk_from(n, width, walker.cost)
-        self.peel_widths = MODEL.peel_widths(walker.cost)
+        self.walk_from, self.walk_above, self.peel_widths = _thresholds(n, width, walker.cost)
         self.identity = vp_of == vcpus
         return self
 
 
-_BIT_TO_ASCII: Final = bytes.maketrans(b"\x00\x01", b"01")
-#: Runs an iterator to its end in C, keeping nothing.
-_drain: Final = deque[object](maxlen=0).extend
+def _held_mask(vp_of: tuple[int, ...], width: int) -> int:
+    """The int with bit ``vp`` set for every ``vp`` in ``vp_of`` (all below ``width``):
+    O(n) in the interpreter for a few indexes spread wide, O(width) in C otherwise."""
+    if len(vp_of) << 3 <= width:
+        raw = bytearray((width + 7) >> 3)
+        for vp in vp_of:
+            raw[vp >> 3] |= 1 << (vp & 7)
+        return int.from_bytes(raw, "little")
+    flags = bytearray(width)
+    _drain(map(flags.__setitem__, vp_of, repeat(1)))
+    return int(flags[::-1].translate(_BIT_TO_ASCII), 2)
+
+
+@lru_cache(maxsize=256)
+def _thresholds(n: int, width: int, walk_cost: float) -> tuple[int, int, tuple[int, ...]]:
+    """``walk_from``, ``walk_above`` and ``peel_widths`` for a map of n vCPUs whose held VP
+    indexes are ``width`` bits wide and whose walk costs ``walk_cost``. Cached: the snapshots
+    an update publishes mostly keep n and the width, so they reuse the answer."""
+    return (
+        MODEL.walk_from(n, width, walk_cost),
+        MODEL.walk_from(n, width, walk_cost, start=PEEL_LIMIT + 1),
+        MODEL.peel_widths(walk_cost),
+    )
 
 
 class AdaptiveMap(MapBase[AdaptiveSnapshot]):
@@ -126,16 +152,17 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
     * **Otherwise, by size**: fewer than the snapshot's ``walk_from`` members -> per-member
       lookup, ``frozenset(map(dict.get, members))`` (members peeled here for k <= 12, else
       extracted in C; a tuple instead of the dict when VP indexes are dense). O(k). From
-      ``walk_from`` members on -> walk every vCPU (:class:`~vpindex.vpmap.walk.Walker`),
-      O(n + W); a set of at most ``PEEL_LIMIT`` members narrower than the snapshot's
-      ``peel_widths`` entry for its size is still peeled. Both thresholds come from the cost
+      ``walk_from`` members on, the model decides: a set of at most ``PEEL_LIMIT`` members
+      is walked (:class:`~vpindex.vpmap.walk.Walker`, O(n + W)) if it is at least as wide
+      as the snapshot's ``peel_widths`` entry for its size, a larger set if it has at least
+      ``walk_above`` members; the rest are looked up. The thresholds come from the cost
       model (:mod:`vpindex.vpmap.costs`), once per snapshot.
 
     Why the choice by size: a lookup costs per member (extracting it from the int, then a dict
-    lookup), a walk costs per vCPU (at C speed) plus the set's width. Where the two cross, for
-    the benchmark's maps, is tabled in docs/DESIGN.md ("Measured crossover"): near n/2 for a
-    dense mapping; for n vCPUs spread over 4096 VP indexes extraction is dearer, so the walk
-    wins from about n/10, and for n <= ~64 from a handful of members.
+    lookup), a walk costs per vCPU (at C speed) plus the set's width, so the walk wins from a
+    fraction of n that depends on the mapping: docs/DESIGN.md ("Measured crossover") tables
+    both the measured crossover and the model's ``walk_from`` for the benchmark's maps, and a
+    test keeps that table equal to what the model computes.
 
     ``vcpu_of`` is one ``dict.get``. Costs: ``resolve`` O(banks + min(k, n + W)), ``vcpu_of``
     O(1), update O(n), memory O(n) (a dict and two tuples of n entries, an ``itemgetter``, one
@@ -196,8 +223,7 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
             if k <= 1:
                 vcpu = snap.vcpu_at.get(mask.bit_length() - 1)
                 return _EMPTY if vcpu is None else frozenset((vcpu,))
-            walk_from = snap.walk_from
-            if k >= walk_from:
+            if k >= snap.walk_from:
                 if k >= self._n:  # only a set this large can name every held VP index
                     held = snap.held
                     hits = mask & held
@@ -205,9 +231,13 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
                         return self._all_vcpus
                     mask = hits
                     k = hits.bit_count()
-                # walk_from assumes a set as wide as the held VP indexes; a small set is
-                # peeled unless it is at least as wide as the model's width for its size.
-                if k >= walk_from and (k > PEEL_LIMIT or mask.bit_length() >= snap.peel_widths[k]):
+                # walk_from is the first size at which a walk can win; a small set walks when
+                # it is at least as wide as the model's width for its size, a larger one from
+                # walk_above members on (lookups by rendering may win again above PEEL_LIMIT).
+                if k <= PEEL_LIMIT:
+                    if mask.bit_length() >= snap.peel_widths[k]:
+                        return snap.walker(mask)
+                elif k >= snap.walk_above:
                     return snap.walker(mask)
             if k > PEEL_LIMIT:
                 table = snap.table
