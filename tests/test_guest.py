@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpindex.abi import Features, GvaRange, HvCallCode, VpSet
+from vpindex.abi import FAST_INPUT_BYTES, XMM_INPUT_BYTES, Features, GvaRange, HvCallCode, VpSet
 from vpindex.engine import Partition
-from vpindex.guest import MAX_FAST_INPUT, EncodedCall, encode_call, flush_tlb, send_ipi
+from vpindex.guest import EncodedCall, encode_call, flush_tlb, send_ipi
 
 GPA = 0x10000
 NO_XMM = Features.all() & ~Features.XMM_HYPERCALL_INPUT
@@ -31,7 +31,7 @@ def padded(data: bytes | None) -> bytes | None:
 
 
 def test_max_fast_input():
-    assert MAX_FAST_INPUT == 112
+    assert FAST_INPUT_BYTES == 112 and XMM_INPUT_BYTES == 96
 
 
 # -- send_ipi -------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from vpindex.abi import (
+    FAST_INPUT_BYTES,
+    MAX_BANKS,
+    PAGE_SIZE,
+    XMM_INPUT_BYTES,
     Control,
     Features,
     FlushExInput,
@@ -33,12 +37,12 @@ from vpindex.abi import (
     encode_gva_list,
 )
 
-__all__ = ["MAX_FAST_INPUT", "EncodedCall", "encode_call", "flush_code", "flush_tlb", "send_ipi"]
+__all__ = ["EncodedCall", "encode_call", "flush_code", "flush_tlb", "send_ipi"]
 
-#: Bytes a fast call can carry: RDX, R8 and XMM0-XMM5.
-MAX_FAST_INPUT: Final = 112
-#: GVA ranges a memory-based non-Ex LIST call fits in one 4 KiB input page.
-_PAGE: Final = 4096
+#: Bytes a fast call carries in RDX and R8 alone.
+_GPR_INPUT_BYTES: Final = FAST_INPUT_BYTES - XMM_INPUT_BYTES
+#: GVA ranges a memory-based LIST call fits in one input page beside the largest Ex header.
+_MAX_LIST_RANGES: Final = (PAGE_SIZE - FlushExInput.STRUCT.size - 8 * MAX_BANKS) // 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +132,10 @@ def encode_call(
     name = f"{kind}/{where}/{mode}"
     if mode == "slow":
         return EncodedCall(name, control.encode(), input=block)
-    limit = 16 if mode == "fast" else MAX_FAST_INPUT
+    limit = _GPR_INPUT_BYTES if mode == "fast" else FAST_INPUT_BYTES
     if len(block) > limit:
         raise ValueError(f"{name}: {len(block)} input bytes do not fit {limit}")
-    padded = block + bytes(max(0, 16 - len(block)))
+    padded = block + bytes(max(0, _GPR_INPUT_BYTES - len(block)))
     rdx = int.from_bytes(padded[0:8], "little")
     r8 = int.from_bytes(padded[8:16], "little")
     return EncodedCall(name, control.encode(), rdx, r8, padded[16:] if mode == "xmm" else None)
@@ -182,7 +186,7 @@ def send_ipi(
         vp_set = VpSet.all()
     code = HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX
     mode = "slow"
-    if _fits_fast(features) and 8 + len(vp_set.encode()) <= MAX_FAST_INPUT:
+    if _fits_fast(features) and SendIpiExInput.HEAD_SIZE + len(vp_set.encode()) <= FAST_INPUT_BYTES:
         mode = "xmm"
     return encode_call(code, vp_set, mode=mode, vector=vector)
 
@@ -213,13 +217,13 @@ def flush_tlb(
         flags |= FlushFlags.ALL_PROCESSORS
         vp_set = VpSet.all()
     ex = not vp_set.is_all and vp_set.mask >> 64 != 0
-    if gvas is not None and len(gvas) > (_PAGE - 32 - 8 * 64) // 8:
+    if gvas is not None and len(gvas) > _MAX_LIST_RANGES:
         gvas = None  # too many ranges for one input page: flush everything instead
     ranges: Sequence[GvaRange] = () if gvas is None else gvas
     code = flush_code(gva_list=gvas is not None, ex=ex)
     carried = vp_set if ex or not vp_set.is_all else VpSet.of(())
     size = len(_block(code, carried, 0, flags, address_space)) + 8 * len(ranges)
-    mode = "xmm" if _fits_fast(features) and size <= MAX_FAST_INPUT else "slow"
+    mode = "xmm" if _fits_fast(features) and size <= FAST_INPUT_BYTES else "slow"
     return encode_call(
         code, carried, mode=mode, flags=flags, address_space=address_space, gva_ranges=ranges
     )

@@ -2,16 +2,29 @@
 
 from vpindex.abi.bits import set_bits
 from vpindex.abi.control import (
+    CODE_MASK,
     FAST_BIT,
+    FAST_INPUT_BYTES,
+    REP_COUNT_SHIFT,
+    REP_MASK,
+    REP_START_SHIFT,
     RESERVED_MASK,
+    STATUS_MASK,
+    VAR_HEADER_MASK,
+    VAR_HEADER_SHIFT,
     XMM_CAPABLE_CALLS,
+    XMM_INPUT_BYTES,
     Control,
     HvCallCode,
     hypercall_result,
+    result_reps,
+    result_status,
     uses_xmm_input,
 )
 from vpindex.abi.features import Features, cpuid_leaves, required_features
 from vpindex.abi.inputs import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
     FlushExInput,
     FlushFlags,
     FlushInput,
@@ -22,6 +35,16 @@ from vpindex.abi.inputs import (
     encode_gva_list,
     expand_gva_ranges,
     gva_ranges_for,
+)
+from vpindex.abi.msr import (
+    HV_X64_MSR_GUEST_OS_ID,
+    HV_X64_MSR_HYPERCALL,
+    HV_X64_MSR_VP_INDEX,
+    HYPERCALL_ENABLE,
+    HYPERCALL_PAGE_MASK,
+    LINUX_GUEST_OS_ID,
+    SYNTHETIC_MSR_FIRST,
+    SYNTHETIC_MSR_LAST,
 )
 from vpindex.abi.status import HvError, HvStatus
 from vpindex.abi.vpset import (
@@ -34,14 +57,33 @@ from vpindex.abi.vpset import (
 )
 
 __all__ = [
+    "CODE_MASK",
     "FAST_BIT",
+    "FAST_INPUT_BYTES",
     "FORMAT_ALL",
     "FORMAT_SPARSE_4K",
+    "HV_X64_MSR_GUEST_OS_ID",
+    "HV_X64_MSR_HYPERCALL",
+    "HV_X64_MSR_VP_INDEX",
+    "HYPERCALL_ENABLE",
+    "HYPERCALL_PAGE_MASK",
+    "LINUX_GUEST_OS_ID",
     "MAX_BANKS",
     "MAX_VP_INDEX",
+    "PAGE_SHIFT",
+    "PAGE_SIZE",
+    "REP_COUNT_SHIFT",
+    "REP_MASK",
+    "REP_START_SHIFT",
     "RESERVED_MASK",
+    "STATUS_MASK",
+    "SYNTHETIC_MSR_FIRST",
+    "SYNTHETIC_MSR_LAST",
+    "VAR_HEADER_MASK",
+    "VAR_HEADER_SHIFT",
     "VPS_PER_BANK",
     "XMM_CAPABLE_CALLS",
+    "XMM_INPUT_BYTES",
     "Control",
     "Features",
     "FlushExInput",
@@ -61,6 +103,8 @@ __all__ = [
     "gva_ranges_for",
     "hypercall_result",
     "required_features",
+    "result_reps",
+    "result_status",
     "set_bits",
     "uses_xmm_input",
 ]

@@ -20,26 +20,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 from vpindex.abi.status import HvStatus
 
 __all__ = [
+    "CODE_MASK",
     "FAST_BIT",
+    "FAST_INPUT_BYTES",
+    "REP_COUNT_SHIFT",
+    "REP_MASK",
+    "REP_START_SHIFT",
     "RESERVED_MASK",
+    "STATUS_MASK",
+    "VAR_HEADER_MASK",
+    "VAR_HEADER_SHIFT",
     "XMM_CAPABLE_CALLS",
+    "XMM_INPUT_BYTES",
     "Control",
     "HvCallCode",
     "hypercall_result",
+    "result_reps",
+    "result_status",
     "uses_xmm_input",
 ]
 
-_U64 = (1 << 64) - 1
-FAST_BIT = 1 << 16
-_VAR_SHIFT, _VAR_MAX = 17, (1 << 10) - 1
-_REP_COUNT_SHIFT, _REP_MAX = 32, (1 << 12) - 1
-_REP_START_SHIFT = 48
+_U64: Final = (1 << 64) - 1
+#: Control word bits 15:0: the call code.
+CODE_MASK: Final = 0xFFFF
+#: Control word bit 16: register-based ("fast") input.
+FAST_BIT: Final = 1 << 16
+#: Control word bits 26:17: the variable header size in qwords.
+VAR_HEADER_SHIFT: Final = 17
+VAR_HEADER_MASK: Final = (1 << 10) - 1
+#: Control word bits 43:32 (rep count) and 59:48 (rep start); result bits 43:32 (reps done).
+REP_COUNT_SHIFT: Final = 32
+REP_START_SHIFT: Final = 48
+REP_MASK: Final = (1 << 12) - 1
 #: Bits 31:27, 47:44 and 63:60: a guest that sets any gets HV_STATUS_INVALID_HYPERCALL_INPUT.
-RESERVED_MASK = (0x1F << 27) | (0xF << 44) | (0xF << 60)
+RESERVED_MASK: Final = (0x1F << 27) | (0xF << 44) | (0xF << 60)
+#: Result bits 15:0: the HV_STATUS.
+STATUS_MASK: Final = 0xFFFF
+#: XMM0..XMM5: the fast input bytes after RDX and R8.
+XMM_INPUT_BYTES: Final = 6 * 16
+#: The whole fast input block: RDX, R8, then XMM0..XMM5.
+FAST_INPUT_BYTES: Final = 16 + XMM_INPUT_BYTES
 
 
 class HvCallCode(IntEnum):
@@ -81,9 +106,12 @@ _EX_CALLS = frozenset(
 _IPI_CALLS = frozenset(
     {HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI, HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX}
 )
-#: Calls whose fast form takes input from XMM0-XMM5 after RDX and R8 (KVM's list; the plain
-#: SEND_SYNTHETIC_CLUSTER_IPI fits in RDX and R8 and never reads XMM).
-XMM_CAPABLE_CALLS = frozenset(set(HvCallCode) - {HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI})
+#: Codes (plain ints, for a fast ``code in`` test) of the calls whose fast form takes input from
+#: XMM0-XMM5 after RDX and R8 (KVM's list; the plain SEND_SYNTHETIC_CLUSTER_IPI fits in RDX and
+#: R8 and never reads XMM).
+XMM_CAPABLE_CALLS: Final = frozenset(
+    int(c) for c in HvCallCode if c != HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI
+)
 
 
 def _check_field(name: str, value: int, limit: int) -> None:
@@ -106,10 +134,10 @@ class Control:
     rep_start: int = 0
 
     def __post_init__(self) -> None:
-        _check_field("code", self.code, 0xFFFF)
-        _check_field("var_header_qwords", self.var_header_qwords, _VAR_MAX)
-        _check_field("rep_count", self.rep_count, _REP_MAX)
-        _check_field("rep_start", self.rep_start, _REP_MAX)
+        _check_field("code", self.code, CODE_MASK)
+        _check_field("var_header_qwords", self.var_header_qwords, VAR_HEADER_MASK)
+        _check_field("rep_count", self.rep_count, REP_MASK)
+        _check_field("rep_start", self.rep_start, REP_MASK)
 
     @classmethod
     def decode(cls, rcx: int) -> Control:
@@ -118,11 +146,11 @@ class Control:
         if not 0 <= rcx <= _U64:
             raise ValueError(f"control word must be a u64, got {rcx:#x}")
         return cls(
-            code=rcx & 0xFFFF,
+            code=rcx & CODE_MASK,
             fast=bool(rcx & FAST_BIT),
-            var_header_qwords=(rcx >> _VAR_SHIFT) & _VAR_MAX,
-            rep_count=(rcx >> _REP_COUNT_SHIFT) & _REP_MAX,
-            rep_start=(rcx >> _REP_START_SHIFT) & _REP_MAX,
+            var_header_qwords=(rcx >> VAR_HEADER_SHIFT) & VAR_HEADER_MASK,
+            rep_count=(rcx >> REP_COUNT_SHIFT) & REP_MASK,
+            rep_start=(rcx >> REP_START_SHIFT) & REP_MASK,
         )
 
     def encode(self) -> int:
@@ -130,9 +158,9 @@ class Control:
         return (
             self.code
             | (FAST_BIT if self.fast else 0)
-            | (self.var_header_qwords << _VAR_SHIFT)
-            | (self.rep_count << _REP_COUNT_SHIFT)
-            | (self.rep_start << _REP_START_SHIFT)
+            | (self.var_header_qwords << VAR_HEADER_SHIFT)
+            | (self.rep_count << REP_COUNT_SHIFT)
+            | (self.rep_start << REP_START_SHIFT)
         )
 
     @staticmethod
@@ -155,16 +183,23 @@ def uses_xmm_input(rcx: int) -> bool:
     A VMM uses it to skip reading the FPU state (a costly ioctl on KVM) for calls that never
     look at it: memory-based calls and the plain, GPR-only fast SEND_SYNTHETIC_CLUSTER_IPI.
     """
-    return bool(rcx & FAST_BIT) and (rcx & 0xFFFF) in _XMM_CODES
-
-
-_XMM_CODES = frozenset(int(c) for c in XMM_CAPABLE_CALLS)
+    return bool(rcx & FAST_BIT) and (rcx & CODE_MASK) in XMM_CAPABLE_CALLS
 
 
 def hypercall_result(status: HvStatus | int, reps_completed: int = 0) -> int:
     """The RAX value for a completed hypercall: status in bits 15:0, reps completed in 43:32."""
-    if not 0 <= status <= 0xFFFF:
+    if not 0 <= status <= STATUS_MASK:
         raise ValueError(f"status must be a u16, got {status!r}")
-    if not 0 <= reps_completed <= _REP_MAX:
+    if not 0 <= reps_completed <= REP_MASK:
         raise ValueError(f"reps_completed must be in [0, 4095], got {reps_completed!r}")
-    return int(status) | (reps_completed << _REP_COUNT_SHIFT)
+    return int(status) | (reps_completed << REP_COUNT_SHIFT)
+
+
+def result_status(rax: int) -> int:
+    """The HV_STATUS in a hypercall result (RAX bits 15:0)."""
+    return rax & STATUS_MASK
+
+
+def result_reps(rax: int) -> int:
+    """The reps completed in a hypercall result (RAX bits 43:32)."""
+    return (rax >> REP_COUNT_SHIFT) & REP_MASK

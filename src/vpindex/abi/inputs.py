@@ -12,6 +12,10 @@ HV_GVA_RANGE           bits 63:12 page number (GVA >> 12), bits 11:0 additional 
 
 Every ``decode`` raises :class:`HvError` with HV_STATUS_INVALID_HYPERCALL_INPUT when the buffer
 is too short; bytes past the structure are left for the caller (the GVA list follows the header).
+
+Each input type also declares its fixed part for a hypervisor's decoder: ``STRUCT`` unpacks it
+in one call (for the Ex forms through the HV_VP_SET's Format and ValidBanksMask, whose bank
+words follow) and ``FIELDS`` names what it unpacks, in order.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from vpindex.abi.vpset import VpSet
 
 __all__ = [
     "PAGE_SHIFT",
+    "PAGE_SIZE",
     "FlushExInput",
     "FlushFlags",
     "FlushInput",
@@ -40,14 +45,18 @@ __all__ = [
 ]
 
 PAGE_SHIFT: Final = 12
-_PAGE: Final = 1 << PAGE_SHIFT
+#: The 4 KiB page: hypercall input blocks, the hypercall page, GVA-range units.
+PAGE_SIZE: Final = 1 << PAGE_SHIFT
 _U32: Final = (1 << 32) - 1
 _U64: Final = (1 << 64) - 1
 _MAX_EXTRA_PAGES: Final = 0xFFF
 _FLUSH: Final = struct.Struct("<QQQ")
 _FLUSH_EX_HEAD: Final = struct.Struct("<QQ")
+_FLUSH_EX: Final = struct.Struct("<QQQQ")
 _IPI: Final = struct.Struct("<IIQ")
 _IPI_EX_HEAD: Final = struct.Struct("<II")
+_IPI_EX: Final = struct.Struct("<IIQQ")
+_SET_FIELDS: Final = ("format", "valid_bank_mask")
 
 
 class FlushFlags(IntFlag):
@@ -79,6 +88,8 @@ class FlushInput:
     flags: int
     processor_mask: int
     SIZE: ClassVar[int] = _FLUSH.size
+    STRUCT: ClassVar[struct.Struct] = _FLUSH
+    FIELDS: ClassVar[tuple[str, ...]] = ("address_space", "flags", "processor_mask")
 
     def __post_init__(self) -> None:
         for name in ("address_space", "flags", "processor_mask"):
@@ -105,7 +116,10 @@ class FlushExInput:
     address_space: int
     flags: int
     vp_set: VpSet
+    #: bytes before the HV_VP_SET
     HEAD_SIZE: ClassVar[int] = _FLUSH_EX_HEAD.size
+    STRUCT: ClassVar[struct.Struct] = _FLUSH_EX
+    FIELDS: ClassVar[tuple[str, ...]] = ("address_space", "flags", *_SET_FIELDS)
 
     def __post_init__(self) -> None:
         _check_uint("FlushExInput", "address_space", self.address_space, _U64)
@@ -130,6 +144,8 @@ class SendIpiInput:
     reserved: int
     processor_mask: int
     SIZE: ClassVar[int] = _IPI.size
+    STRUCT: ClassVar[struct.Struct] = _IPI
+    FIELDS: ClassVar[tuple[str, ...]] = ("vector", "reserved", "processor_mask")
 
     def __post_init__(self) -> None:
         _check_uint("SendIpiInput", "vector", self.vector, _U32)
@@ -157,7 +173,10 @@ class SendIpiExInput:
     vector: int
     reserved: int
     vp_set: VpSet
+    #: bytes before the HV_VP_SET
     HEAD_SIZE: ClassVar[int] = _IPI_EX_HEAD.size
+    STRUCT: ClassVar[struct.Struct] = _IPI_EX
+    FIELDS: ClassVar[tuple[str, ...]] = ("vector", "reserved", *_SET_FIELDS)
 
     def __post_init__(self) -> None:
         _check_uint("SendIpiExInput", "vector", self.vector, _U32)
@@ -226,7 +245,7 @@ def gva_ranges_for(start: int, end: int) -> tuple[GvaRange, ...]:
     entry, the last entry holding the remainder; an empty range still gives one entry."""
     if not 0 <= start <= end <= _U64 + 1:
         raise ValueError(f"need 0 <= start <= end <= 2**64, got start={start:#x} end={end:#x}")
-    unit = (_MAX_EXTRA_PAGES + 1) * _PAGE
+    unit = (_MAX_EXTRA_PAGES + 1) * PAGE_SIZE
     page = start >> PAGE_SHIFT
     out = []
     remaining = end - (page << PAGE_SHIFT)

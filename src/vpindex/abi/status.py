@@ -45,9 +45,12 @@ class HvError(Exception):
         status: the HV_STATUS the hypervisor returns.
         reason: a human-readable explanation (for logs and ``vpindex decode``), never shown to
             the guest.
+        header: the input's fixed header fields, when the call failed after they were read
+            (for the event log and ``vpindex decode``); empty otherwise.
     """
 
     def __init__(self, status: HvStatus, reason: str = "") -> None:
         super().__init__(f"{status.name}: {reason}" if reason else status.name)
         self.status = status
         self.reason = reason
+        self.header: tuple[int, ...] = ()

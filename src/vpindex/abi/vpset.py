@@ -116,6 +116,18 @@ class VpSet:
         return cls._make(_scatter(valid_bank_mask, struct.pack(f"<{len(words)}Q", *words)))
 
     @classmethod
+    def from_packed_banks(cls, valid_bank_mask: int, packed: bytes) -> VpSet:
+        """The sparse set of an HV_VP_SET whose header was already read: ``packed`` holds its
+        bank words as on the wire, one u64 per set bit of ``valid_bank_mask`` (a u64). Raises
+        ValueError if the length disagrees with the mask."""
+        if len(packed) != 8 * valid_bank_mask.bit_count():
+            raise ValueError(
+                f"valid bank mask {valid_bank_mask:#x} needs {8 * valid_bank_mask.bit_count()} "
+                f"bytes of bank words, got {len(packed)}"
+            )
+        return cls._make(_scatter(valid_bank_mask, packed))
+
+    @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview) -> tuple[VpSet, int]:
         """Decode an HV_VP_SET at the start of ``buf``; return it and the bytes it took.
 

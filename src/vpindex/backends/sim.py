@@ -19,7 +19,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vpindex.abi import MAX_VP_INDEX, FlushFlags, GvaRange, HvCallCode, HvStatus, VpSet
+from vpindex.abi import (
+    CODE_MASK,
+    MAX_VP_INDEX,
+    PAGE_SIZE,
+    Control,
+    FlushFlags,
+    GvaRange,
+    HvCallCode,
+    HvStatus,
+    VpSet,
+    result_reps,
+    result_status,
+)
+from vpindex.abi.msr import HV_X64_MSR_VP_INDEX
 from vpindex.backends.report import CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, Scenario, flush_scenarios, ipi_scenarios
 from vpindex.defaults import (
@@ -30,14 +43,13 @@ from vpindex.defaults import (
     SIM_VCPUS,
     SIM_WORKLOAD,
 )
-from vpindex.engine import HV_X64_MSR_VP_INDEX, GuestFault, Partition
+from vpindex.engine import GuestFault, Partition
 from vpindex.guest import EncodedCall, encode_call, flush_code, flush_tlb, send_ipi
 
 __all__ = ["MAPPINGS", "WORKLOADS", "SimOptions", "make_vp_indexes", "run_sim"]
 
 MAPPINGS = ("identity", "shuffled", "sparse")
 WORKLOADS = ("ipi", "flush", "mixed")
-_PAGE = 4096
 _INPUT_BASE = 0x10000
 _IPI_VECTOR = 0xF0
 
@@ -74,7 +86,7 @@ class SimOptions:
 
 
 def _input_gpa(vcpu: int) -> int:
-    return _INPUT_BASE + vcpu * _PAGE
+    return _INPUT_BASE + vcpu * PAGE_SIZE
 
 
 def _issue(p: Partition, vcpu: int, call: EncodedCall) -> int:
@@ -86,7 +98,7 @@ def _issue(p: Partition, vcpu: int, call: EncodedCall) -> int:
 
 
 def _new_partition(n: int, strategy: str) -> Partition:
-    size = _INPUT_BASE + (n + 1) * _PAGE
+    size = _INPUT_BASE + (n + 1) * PAGE_SIZE
     p = Partition(n, memory_size=max(1 << 20, size), strategy=strategy)
     p.enable_hypercalls()
     return p
@@ -134,14 +146,14 @@ def _scenario_cases(strategy: str) -> list[CaseResult]:
 
 
 def _check_scenario(p: Partition, sc: Scenario, holder: dict[int, int]) -> CaseResult:
-    is_ipi = (sc.call.control & 0xFFFF) in (0x0B, 0x15)
+    is_ipi = not HvCallCode(sc.call.control & CODE_MASK).is_flush
     record = (lambda v: p.vcpu(v).ipis) if is_ipi else (lambda v: p.vcpu(v).flushes)
     before = [len(record(v)) for v in range(p.n_vcpus)]
     rax = _issue(p, 0, sc.call)
     expect = set(range(p.n_vcpus)) if sc.expect is None else {holder[vp] for vp in sc.expect}
     got = {v for v in range(p.n_vcpus) if len(record(v)) > before[v]}
-    status_ok = rax & 0xFFFF == HvStatus.SUCCESS
-    reps_ok = (rax >> 32) & 0xFFF == (sc.call.control >> 32) & 0xFFF
+    status_ok = result_status(rax) == HvStatus.SUCCESS
+    reps_ok = result_reps(rax) == Control.decode(sc.call.control).rep_count
     return CaseResult(
         f"selftest/{sc.name}",
         status_ok and reps_ok and got == expect,
@@ -239,12 +251,12 @@ def run_sim(opts: SimOptions) -> RunReport:
         t0 = time.perf_counter_ns()
         rax = _issue(p, caller, call)
         latencies.append((time.perf_counter_ns() - t0) / 1000)
-        statuses[HvStatus.describe(rax & 0xFFFF)] += 1
-        by_code[HvCallCode(call.control & 0xFFFF).name] += 1
+        statuses[HvStatus.describe(result_status(rax))] += 1
+        by_code[HvCallCode(call.control & CODE_MASK).name] += 1
         want = tuple(sorted(holder[vp] for vp in targets))
         targets_hit += len(want)
         got = p.events[-1].targets if p.log_events else want
-        ok = rax & 0xFFFF == 0 and got == want
+        ok = result_status(rax) == HvStatus.SUCCESS and got == want
         for v in want:
             if kind == "ipi":
                 expected_ipis[v] += 1

@@ -9,11 +9,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vpindex.abi import Control, Features, FlushFlags, GvaRange, HvError, HvStatus, VpSet
+from vpindex.abi import (
+    XMM_INPUT_BYTES,
+    Control,
+    Features,
+    FlushFlags,
+    GvaRange,
+    HvError,
+    HvStatus,
+    VpSet,
+)
 from vpindex.cli.app import app
 from vpindex.cli.parsing import parse_int
-from vpindex.engine import GuestFault, decode_hypercall
-from vpindex.engine.calls import XMM_INPUT_BYTES, FlushRequest
+from vpindex.engine import FlushRequest, GuestFault, decode_hypercall, header_fields
 
 __all__ = ["decode"]
 
@@ -55,18 +63,17 @@ def _explain(rcx: int, data: bytes) -> dict[str, Any]:
         def view(gpa: int, n: int) -> memoryview | None:
             return memory[gpa : gpa + n] if gpa >= 0 and gpa + n <= len(memory) else None
 
-    header: dict[str, int] = {}
     try:
-        request = decode_hypercall(rcx, rdx, r8, xmm, view, Features.all(), header)
+        request = decode_hypercall(rcx, rdx, r8, xmm, view, Features.all())
     except HvError as err:
         out.update(status=err.status.name, status_code=int(err.status), reason=err.reason)
-        out["header"] = header
+        out["header"] = header_fields(ctl.code, err.header)
         return out
     except GuestFault as fault:
         out.update(status=None, fault=fault.vector, reason=fault.reason)
         return out
     out.update(status=HvStatus.SUCCESS.name, status_code=0, reason="the call is well formed")
-    out["header"] = header
+    out["header"] = header_fields(ctl.code, request.header)
     vp_set: VpSet | None = request.vp_set
     decoded: dict[str, Any] = {"vp_indexes": "all" if vp_set is None else list(vp_set)}
     if isinstance(request, FlushRequest):

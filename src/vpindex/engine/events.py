@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpindex.abi import HvCallCode, HvStatus
+from vpindex.abi import CODE_MASK, FAST_BIT, Control, HvCallCode, HvStatus, result_status
 
 __all__ = ["HypercallEvent", "format_event"]
 
@@ -48,15 +48,15 @@ class HypercallEvent:
 
     @property
     def code(self) -> int:
-        return self.rcx & 0xFFFF
+        return self.rcx & CODE_MASK
 
     @property
     def status(self) -> int:
-        return self.result & 0xFFFF
+        return result_status(self.result)
 
     @property
     def fast(self) -> bool:
-        return bool(self.rcx & (1 << 16))
+        return bool(self.rcx & FAST_BIT)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,15 +109,15 @@ def _tracepoint(code: int, h: dict[str, int]) -> tuple[str, str] | None:
 
 def format_event(event: HypercallEvent, epoch_ns: int = 0) -> list[str]:
     """The tracepoint lines KVM would emit for ``event`` (times relative to ``epoch_ns``)."""
-    rcx = event.rcx
+    ctl = Control.decode(event.rcx)
     seconds = (event.start_ns - epoch_ns) / 1e9
     stamp = f"vcpu-{event.vcpu:<5} [{event.vcpu % 1000:03d}] {seconds:12.6f}: "
     lines = [
         stamp
         + (
-            f"kvm_hv_hypercall: code 0x{rcx & 0xFFFF:x} {'fast' if event.fast else 'slow'} "
-            f"var_cnt 0x{(rcx >> 17) & 0x3FF:x} rep_cnt 0x{(rcx >> 32) & 0xFFF:x} "
-            f"idx 0x{(rcx >> 48) & 0xFFF:x} in 0x{event.rdx:x} out 0x{event.r8:x}"
+            f"kvm_hv_hypercall: code 0x{ctl.code:x} {'fast' if ctl.fast else 'slow'} "
+            f"var_cnt 0x{ctl.var_header_qwords:x} rep_cnt 0x{ctl.rep_count:x} "
+            f"idx 0x{ctl.rep_start:x} in 0x{event.rdx:x} out 0x{event.r8:x}"
         )
     ]
     tp = _tracepoint(event.code, event.header)

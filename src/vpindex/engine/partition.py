@@ -10,7 +10,16 @@ from collections.abc import Mapping
 from typing import Final
 
 from vpindex.abi import (
-    XMM_CAPABLE_CALLS,
+    CODE_MASK,
+    HV_X64_MSR_GUEST_OS_ID,
+    HV_X64_MSR_HYPERCALL,
+    HV_X64_MSR_VP_INDEX,
+    HYPERCALL_ENABLE,
+    HYPERCALL_PAGE_MASK,
+    LINUX_GUEST_OS_ID,
+    MAX_VP_INDEX,
+    PAGE_SIZE,
+    XMM_INPUT_BYTES,
     Features,
     HvError,
     HvStatus,
@@ -18,27 +27,17 @@ from vpindex.abi import (
     hypercall_result,
 )
 from vpindex.defaults import DEFAULT_STRATEGY
-from vpindex.engine.calls import XMM_INPUT_BYTES, FlushRequest, decode_hypercall
+from vpindex.engine.calls import FlushRequest, decode_hypercall, header_fields
 from vpindex.engine.events import HypercallEvent
 from vpindex.engine.faults import GP, UD, GuestFault
 from vpindex.engine.memory import GuestMemory
-from vpindex.engine.msr import (
-    HV_X64_MSR_GUEST_OS_ID,
-    HV_X64_MSR_HYPERCALL,
-    HV_X64_MSR_VP_INDEX,
-    HYPERCALL_ENABLE,
-    HYPERCALL_PAGE_MASK,
-)
 from vpindex.engine.platform import Platform, SynchronousPlatform
 from vpindex.engine.vcpu import FlushRecords, VcpuState
 from vpindex.vpmap import VpIndexMap, make_map
 
-__all__ = ["LINUX_GUEST_OS_ID", "Partition", "PartitionStateError"]
+__all__ = ["Partition", "PartitionStateError"]
 
 _U64: Final = (1 << 64) - 1
-#: What a Linux guest writes to HV_X64_MSR_GUEST_OS_ID (vendor 0x8100, "open source").
-LINUX_GUEST_OS_ID: Final = 0x8100 << 48
-_XMM_CODES: Final = frozenset(int(c) for c in XMM_CAPABLE_CALLS)
 _ZERO_XMM: Final = bytes(XMM_INPUT_BYTES)
 _EXTRA_LEAVES: Final = range(0x40000006, 0x40000100)
 
@@ -86,7 +85,7 @@ class Partition:
         memory: bytearray | mmap.mmap | memoryview | None = None,
         features: Features | None = None,
         strategy: str = DEFAULT_STRATEGY,
-        max_vp_index: int = 4096,
+        max_vp_index: int = MAX_VP_INDEX,
         platform: Platform | None = None,
         log_events: bool = True,
         history: int | None = None,
@@ -231,7 +230,7 @@ class Partition:
                 return  # KVM: the page stays disabled until the guest identifies itself
             gpa = value & HYPERCALL_PAGE_MASK
             if value & HYPERCALL_ENABLE:
-                if not self.memory.contains(gpa, 4096):
+                if not self.memory.contains(gpa, PAGE_SIZE):
                     raise GuestFault(GP, f"hypercall page GPA {gpa:#x} is outside guest memory")
                 self._hypercall_msr = value
                 self._platform.hypercall_page_enabled(vcpu, gpa)
@@ -282,15 +281,16 @@ class Partition:
                 raise ValueError(f"xmm input is at most 96 bytes (XMM0-XMM5), got {len(xmm)}")
             xmm = bytes(xmm) + bytes(XMM_INPUT_BYTES - len(xmm))
         start = time.perf_counter_ns()
-        header: dict[str, int] | None = {} if self.log_events else None
         self._vcpus[vcpu].hypercalls += 1
         self._started = True
         try:
-            result, targets = self._serve(vcpu, rcx, rdx, r8, xmm, header)
+            result, targets, header = self._serve(vcpu, rcx, rdx, r8, xmm)
         except GuestFault as fault:
-            self._log(vcpu, rcx, rdx, r8, 0, (), start, header, fault.vector)
+            if self.log_events:
+                self._log(vcpu, rcx, rdx, r8, start, fault=fault.vector)
             raise
-        self._log(vcpu, rcx, rdx, r8, result, targets, start, header, None)
+        if self.log_events:
+            self._log(vcpu, rcx, rdx, r8, start, result=result, targets=targets, header=header)
         if self._history is not None:
             self._calls_since_trim += 1
             if self._calls_since_trim >= self._history:
@@ -312,48 +312,44 @@ class Partition:
         rcx: int,
         rdx: int,
         r8: int,
-        result: int,
-        targets: tuple[int, ...],
         start: int,
-        header: dict[str, int] | None,
-        fault: int | None,
+        *,
+        result: int = 0,
+        targets: tuple[int, ...] = (),
+        header: tuple[int, ...] = (),
+        fault: int | None = None,
     ) -> None:
-        if self.log_events:
-            self.events.append(
-                HypercallEvent(
-                    vcpu, rcx, rdx, r8, result, targets, start,
-                    time.perf_counter_ns() - start, header or {}, fault,
-                )
-            )  # fmt: skip
+        """Append the event of the call that arrived at ``start`` and ends now."""
+        self.events.append(
+            HypercallEvent(
+                vcpu, rcx, rdx, r8, result, targets, start, time.perf_counter_ns() - start,
+                header_fields(rcx & CODE_MASK, header), fault,
+            )
+        )  # fmt: skip
 
     def _serve(
-        self,
-        vcpu: int,
-        rcx: int,
-        rdx: int,
-        r8: int,
-        xmm: bytes,
-        header: dict[str, int] | None,
-    ) -> tuple[int, tuple[int, ...]]:
+        self, vcpu: int, rcx: int, rdx: int, r8: int, xmm: bytes
+    ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """(RAX, the vCPUs reached, the input header as read) for one call."""
         if not self.hypercalls_enabled:
             raise GuestFault(UD, "hypercalls are not enabled (GUEST_OS_ID / HYPERCALL MSR)")
         try:
-            request = decode_hypercall(rcx, rdx, r8, xmm, self.memory.view, self._features, header)
+            request = decode_hypercall(rcx, rdx, r8, xmm, self.memory.view, self._features)
         except HvError as err:
-            return hypercall_result(err.status), ()
+            return hypercall_result(err.status), (), err.header
         if request.vp_set is None:
             targets = self._all_targets
         else:
             targets = tuple(sorted(self._map.resolve(request.vp_set)))
         if isinstance(request, FlushRequest):
             self._flush(vcpu, targets, request)
-            return hypercall_result(HvStatus.SUCCESS, request.reps), targets
+            return hypercall_result(HvStatus.SUCCESS, request.reps), targets, request.header
         vector = request.vector
         for t in targets:
             self._vcpus[t].ipis.append(vector)
         if targets:
             self._platform.deliver_ipi(vector, targets)
-        return hypercall_result(HvStatus.SUCCESS), targets
+        return hypercall_result(HvStatus.SUCCESS), targets, request.header
 
     def _flush(self, caller: int, targets: tuple[int, ...], request: FlushRequest) -> None:
         if not targets:

@@ -26,8 +26,8 @@ from typing import Final
 
 from iced_x86 import Code
 
+from vpindex.abi.msr import SYNTHETIC_MSR_FIRST, SYNTHETIC_MSR_LAST
 from vpindex.backends.kvm.asm import AL, Asm
-from vpindex.engine import SYNTHETIC_MSR_FIRST, SYNTHETIC_MSR_LAST
 
 __all__ = [
     "CONSOLE_PORT",

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Final
 
-from vpindex.abi import FlushFlags, HvCallCode, VpSet
+from vpindex.abi import MAX_VP_INDEX, FlushFlags, HvCallCode, VpSet
 from vpindex.backends.kvm.guests.suite_layout import Kind, Map
 from vpindex.backends.kvm.suite_machine import CaseSpec, SenderPlan, SuiteMachine, expected_rax
 from vpindex.backends.report import CaseResult, RunReport, percentiles
@@ -23,7 +23,7 @@ from vpindex.guest import encode_call
 
 __all__ = ["run_scale_impl", "scale_vp_index"]
 
-_STRIDE, _OFFSET, _SPACE = 31, 7, 4096
+_STRIDE, _OFFSET, _SPACE = 31, 7, MAX_VP_INDEX
 _SET_SIZE: Final = 8
 _SETS: Final = 3
 _SEED: Final = 2018

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vpindex.abi import HvStatus, hypercall_result
+from vpindex.abi import PAGE_SIZE, Control, HvStatus, hypercall_result
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.errors import KvmError
 from vpindex.backends.kvm.guests.suite_image import build_program
@@ -51,9 +51,7 @@ __all__ = [
 _IDT_ENTRY = struct.Struct("<HHBBHIxxxx")
 _GATE_KERNEL = 0x8E
 _IDT_LIMIT = 256 * 16 - 1
-_REP_SHIFT, _REP_MASK = 32, 0xFFF
 _MAX_INPUT = ctypes.sizeof(Case) - CASE.input
-_PAGE = 4096
 #: Bound on every guest-side wait, as a fraction of a second of TSC cycles.
 _SPIN_SECONDS: Final = 0.25
 _MIN_READS: Final = 16
@@ -103,7 +101,7 @@ def idt_image(labels: dict[str, int]) -> bytes:
 
 def expected_rax(call: EncodedCall) -> int:
     """What a successful call returns: status 0 and, for rep calls, every rep completed."""
-    return hypercall_result(HvStatus.SUCCESS, (call.control >> _REP_SHIFT) & _REP_MASK)
+    return hypercall_result(HvStatus.SUCCESS, Control.decode(call.control).rep_count)
 
 
 class _Tables:
@@ -160,8 +158,8 @@ class SuiteMachine:
         m.load(Map.IDT, idt_image(labels))
         m.load(Map.IDTR, struct.pack("<HQ", _IDT_LIMIT, Map.IDT))
         m.load(Map.HYPERCALL_PTR, struct.pack("<Q", Map.HYPERCALL_PAGE))
-        mem[Map.PAGE_A : Map.PAGE_A + _PAGE] = bytes([Map.FILL_A]) * _PAGE
-        mem[Map.PAGE_B : Map.PAGE_B + _PAGE] = bytes([Map.FILL_B]) * _PAGE
+        mem[Map.PAGE_A : Map.PAGE_A + PAGE_SIZE] = bytes([Map.FILL_A]) * PAGE_SIZE
+        mem[Map.PAGE_B : Map.PAGE_B + PAGE_SIZE] = bytes([Map.FILL_B]) * PAGE_SIZE
         tables = _Tables(Map.TABLES, Map.TABLES_END, "case tables")
         samples = _Tables(Map.SAMPLES, Map.SAMPLES_END, "latency samples")
         for i, plan in enumerate(self.plans):

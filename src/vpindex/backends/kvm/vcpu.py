@@ -15,6 +15,7 @@ import os
 import signal
 from typing import NamedTuple
 
+from vpindex.abi import XMM_INPUT_BYTES
 from vpindex.backends.kvm._libc import ioctl, ioctl_raw
 from vpindex.backends.kvm.errors import IoctlError
 from vpindex.backends.kvm.ioctls import IO_DIRECTION_OUT, Ioctl, MpState, SyncRegs
@@ -42,7 +43,6 @@ __all__ = ["RUN_INTERRUPTED", "IoExit", "MsrExit", "Vcpu"]
 
 #: What :meth:`Vcpu.run` returns when KVM_RUN ended with EINTR (kick or immediate_exit).
 RUN_INTERRUPTED = -1
-_XMM_BYTES = 6 * 16
 _RIP, _RFLAGS = REG_INDEX["rip"], REG_INDEX["rflags"]
 _SIGSET_BYTES = 8
 
@@ -202,7 +202,7 @@ class Vcpu:
         """XMM0..XMM5 (96 bytes, low qword first) via KVM_GET_FPU."""
         fpu = KvmFpu()
         ioctl(self.fd, Ioctl.GET_FPU, ctypes.addressof(fpu), what="KVM_GET_FPU")
-        return bytes(fpu.raw)[FPU_XMM_OFFSET : FPU_XMM_OFFSET + _XMM_BYTES]
+        return bytes(fpu.raw)[FPU_XMM_OFFSET : FPU_XMM_OFFSET + XMM_INPUT_BYTES]
 
     def set_mp_state(self, state: MpState) -> None:
         """KVM_SET_MP_STATE (APs start UNINITIALIZED with the in-kernel irqchip)."""

@@ -18,16 +18,16 @@ import iced_x86
 
 from vpindex.abi import FAST_BIT, FlushFlags, HvCallCode
 from vpindex.abi.features import CPUID_LEAF_VENDOR
-from vpindex.backends.kvm import layout
-from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, R9, R9D, RAX, RDI, RSP, Asm
-from vpindex.backends.kvm.contract import CONSOLE_PORT, EXIT_PORT
-from vpindex.engine import (
+from vpindex.abi.msr import (
     HV_X64_MSR_GUEST_OS_ID,
     HV_X64_MSR_HYPERCALL,
     HV_X64_MSR_VP_INDEX,
+    HYPERCALL_ENABLE,
     LINUX_GUEST_OS_ID,
 )
-from vpindex.engine.msr import HYPERCALL_ENABLE
+from vpindex.backends.kvm import layout
+from vpindex.backends.kvm.asm import AL, EAX, EBX, ECX, EDX, R8D, R9, R9D, RAX, RDI, RSP, Asm
+from vpindex.backends.kvm.contract import CONSOLE_PORT, EXIT_PORT
 
 C = iced_x86.Code
 __all__ = ["HYPERCALL_PAGE", "build"]

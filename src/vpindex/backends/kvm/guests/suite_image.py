@@ -29,6 +29,13 @@ from typing import Final
 
 import iced_x86
 
+from vpindex.abi.msr import (
+    HV_X64_MSR_GUEST_OS_ID,
+    HV_X64_MSR_HYPERCALL,
+    HV_X64_MSR_VP_INDEX,
+    HYPERCALL_ENABLE,
+    LINUX_GUEST_OS_ID,
+)
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.asm import (
     AL,
@@ -70,13 +77,6 @@ from vpindex.backends.kvm.guests.suite_layout import (
     Map,
     Result,
 )
-from vpindex.engine import (
-    HV_X64_MSR_GUEST_OS_ID,
-    HV_X64_MSR_HYPERCALL,
-    HV_X64_MSR_VP_INDEX,
-    LINUX_GUEST_OS_ID,
-)
-from vpindex.engine.msr import HYPERCALL_ENABLE
 
 C = iced_x86.Code
 __all__ = ["build_program"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ctypes
 from typing import Final
 
+from vpindex.abi import XMM_INPUT_BYTES
 from vpindex.backends.kvm import layout
-from vpindex.engine.calls import XMM_INPUT_BYTES
 
 __all__ = [
     "CASE",

@@ -1,4 +1,5 @@
-"""The synthetic MSRs a guest uses before any flush or IPI hypercall.
+"""The synthetic MSRs a guest uses before any flush or IPI hypercall (TLFS numbers; the access
+rules are the engine's, :meth:`vpindex.engine.Partition.read_msr` / ``write_msr``).
 
 =================================  ===========  =============================================
 MSR                                number       guest access
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from vpindex.abi.inputs import PAGE_SIZE
+
 __all__ = [
     "HV_X64_MSR_GUEST_OS_ID",
     "HV_X64_MSR_HYPERCALL",
     "HV_X64_MSR_VP_INDEX",
     "HYPERCALL_ENABLE",
-    "HYPERCALL_LOCKED",
+    "HYPERCALL_PAGE_MASK",
+    "LINUX_GUEST_OS_ID",
     "SYNTHETIC_MSR_FIRST",
     "SYNTHETIC_MSR_LAST",
 ]
@@ -32,6 +36,10 @@ HV_X64_MSR_VP_INDEX: Final = 0x40000002
 #: The range a VMM routes to the engine (KVM: KVM_X86_SET_MSR_FILTER on these).
 SYNTHETIC_MSR_FIRST: Final = 0x40000000
 SYNTHETIC_MSR_LAST: Final = 0x400000FF
+#: HV_X64_MSR_HYPERCALL bit 0: the hypercall page is enabled.
 HYPERCALL_ENABLE: Final = 1 << 0
-HYPERCALL_LOCKED: Final = 1 << 1
-HYPERCALL_PAGE_MASK: Final = ~0xFFF & ((1 << 64) - 1)
+#: HV_X64_MSR_HYPERCALL bits 63:12: the page's GPA.
+HYPERCALL_PAGE_MASK: Final = ~(PAGE_SIZE - 1) & ((1 << 64) - 1)
+#: What a Linux guest writes to HV_X64_MSR_GUEST_OS_ID (vendor 0x8100, "open source", in bits
+#: 63:48).
+LINUX_GUEST_OS_ID: Final = 0x8100 << 48
