@@ -73,3 +73,17 @@ def test_unknown_target_is_a_usage_error() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_seeds_command_rebuilds_the_checked_in_corpus(tmp_path: Path) -> None:
+    _fuzz("seeds", str(tmp_path))
+    for target in TARGETS:
+        built = {p.name: p.read_bytes() for p in (tmp_path / target).iterdir()}
+        assert built == {p.name: p.read_bytes() for p in seed_dir(target).iterdir()}
+
+
+def test_linecov_command_replays_a_corpus() -> None:
+    out = _fuzz("linecov", "control", str(seed_dir("control")))
+    count = len(list(seed_dir("control").iterdir()))
+    assert out.startswith(f"control: {count} inputs replayed")
+    assert "abi/control.py" in out

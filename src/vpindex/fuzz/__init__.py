@@ -3,7 +3,8 @@
 Run ``python -m vpindex.fuzz TARGET --runs N`` (``TARGET`` one of :data:`TARGETS` or ``all``);
 each target lives in :mod:`vpindex.fuzz.targets` and exposes ``test_one_input(data: bytes)``,
 which raises on any property violation. Seeds are checked in under ``corpus/<target>/``
-(regenerate them with ``python -m vpindex.fuzz.seeds``). See docs/SECURITY.md.
+(regenerate them with ``python -m vpindex.fuzz seeds``; every tool is a command of ``python -m
+vpindex.fuzz``, see its ``--help``). See docs/SECURITY.md.
 """
 
 from __future__ import annotations

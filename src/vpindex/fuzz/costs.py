@@ -1,4 +1,4 @@
-"""Worst-case cost of one hostile hypercall: ``python -m vpindex.fuzz.costs [--vcpus N ...]``.
+"""Worst-case cost of one hostile hypercall: ``python -m vpindex.fuzz costs [--vcpus N ...]``.
 
 For each of the most expensive inputs a guest can send (all 64 banks all-ones, the largest GVA
 list still expanded, rep count 4095, a variable header of 1023 qwords, ...) and each partition
@@ -9,11 +9,9 @@ a VMM platform. Figures go in docs/SECURITY.md; nothing here is asserted.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import struct
-import sys
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -22,7 +20,7 @@ from dataclasses import dataclass
 from vpindex.engine import MAX_RECORDED_PAGES, Partition
 from vpindex.fuzz.oracle import RecordingMemory, RecordingPlatform
 
-__all__ = ["WORST_CASES", "main", "measure"]
+__all__ = ["WORST_CASES", "measure", "report"]
 
 _U64 = (1 << 64) - 1
 _GPA = 0x2000
@@ -124,21 +122,23 @@ def measure(
     )  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vpindex.fuzz.costs", description=__doc__)
-    ap.add_argument("--vcpus", type=int, nargs="+", default=[64, 4096])
-    ap.add_argument("--strategies", nargs="+", default=["adaptive"])
-    ap.add_argument("--platforms", nargs="+", default=["sync", "vmm"])
-    ap.add_argument("--repeat", type=int, default=15)
-    ap.add_argument("--mem-calls", type=int, default=3)
-    args = ap.parse_args(argv)
+def report(
+    *,
+    vcpus: Sequence[int],
+    strategies: Sequence[str],
+    platforms: Sequence[str],
+    repeat: int,
+    mem_calls: int,
+) -> int:
+    """Measure every worst case for each partition size, strategy and platform (``sync``,
+    ``vmm``) and print one line each. Returns 0."""
     print(
         f"{'case':<48} {'vCPUs':>5} {'platform':<8} {'strategy':<9} {'st':>2} "
         f"{'targets':>7} {'us/call':>10} {'viewed B':>8} {'retained/call':>14}"
     )
-    for n in args.vcpus:
-        for strategy in args.strategies:
-            for platform in args.platforms:
+    for n in vcpus:
+        for strategy in strategies:
+            for platform in platforms:
                 for worst in WORST_CASES:
                     expanded = worst.name.startswith("flush-list all, 1x")
                     if platform == "vmm" and expanded and n > 256 and MAX_RECORDED_PAGES > 512:
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"{worst.name:<48} {n:>5} {platform:<8} {strategy:<9} "
                               f"skipped: ~{mib:.0f} MiB/call (linear in vCPUs)")  # fmt: skip
                         continue
-                    c = measure(worst, n, platform, strategy, args.repeat, args.mem_calls)
+                    c = measure(worst, n, platform, strategy, repeat, mem_calls)
                     print(
                         f"{c.case:<48} {c.vcpus:>5} {c.platform:<8} {c.strategy:<9} "
                         f"{c.status:>2} {c.targets:>7} {c.us_per_call:>10.1f} "
@@ -156,7 +156,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Line coverage of a fuzz corpus: ``python -m vpindex.fuzz.linecov TARGET DIR [DIR ...]``.
+"""Line coverage of a fuzz corpus: ``python -m vpindex.fuzz linecov TARGET DIR [DIR ...]``.
 
 Replays every input in the directories through ``TARGET``'s ``test_one_input`` (without atheris
 instrumentation) under ``sys.settrace`` and reports, per module of vpindex.abi, vpindex.engine
@@ -9,17 +9,15 @@ everything instrumented; this gives the figure per module, in lines, with the li
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from vpindex.fuzz import TARGETS
 from vpindex.fuzz.runner import load_target
 
-__all__ = ["executable_lines", "main", "replay"]
+__all__ = ["function_lines", "replay", "report"]
 
 _PACKAGES = ("abi", "engine", "vpmap")
 _ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +48,6 @@ def function_lines(path: Path) -> dict[str, set[int]]:
 
     walk(module, None)
     return {name: lines for name, lines in out.items() if lines}
-
-
-def executable_lines(path: Path) -> set[int]:
-    """Every executable line of ``path``'s functions."""
-    return {line for lines in function_lines(path).values() for line in lines}
 
 
 def replay(target: str, inputs: Iterable[Path]) -> tuple[int, dict[str, set[int]]]:
@@ -94,15 +87,12 @@ def _pct(part: set[int], whole: set[int]) -> str:
     return f"{100 * len(part & whole) / len(whole):.1f}%" if whole else "-"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vpindex.fuzz.linecov", description=__doc__)
-    ap.add_argument("target", choices=TARGETS)
-    ap.add_argument("dirs", nargs="+", type=Path)
-    ap.add_argument("--missed", action="store_true", help="list the lines not executed")
-    args = ap.parse_args(argv)
-    inputs = sorted(p for d in args.dirs if d.is_dir() for p in d.iterdir() if p.is_file())
-    count, hits = replay(args.target, inputs)
-    print(f"{args.target}: {count} inputs replayed")
+def report(target: str, dirs: Sequence[Path], *, missed: bool = False) -> int:
+    """Replay every file in ``dirs`` through ``target`` and print the line coverage per module
+    (with ``missed``, the lines not executed of every function reached). Returns 0."""
+    inputs = sorted(p for d in dirs if d.is_dir() for p in d.iterdir() if p.is_file())
+    count, hits = replay(target, inputs)
+    print(f"{target}: {count} inputs replayed")
     print(f"  {'module':<24} {'lines':>10} {'':>6}   {'functions reached: their lines':>30}")
     for package in _PACKAGES:
         for path in sorted((_ROOT / package).glob("*.py")):
@@ -120,12 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{len(reached):>3}/{len(funcs):<3} functions, "
                 f"{len(ran & in_reached):>4}/{len(in_reached):<4} {_pct(ran, in_reached):>6}"
             )
-            if args.missed:
+            if missed:
                 for fname, lines in sorted(reached.items()):
                     if lines - ran:
                         print(f"    {fname}: missed {sorted(lines - ran)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""One libFuzzer run of one target, in this process: ``python -m vpindex.fuzz.runner TARGET
-[libFuzzer arguments and corpus directories]``. ``python -m vpindex.fuzz`` starts it once per
-target (libFuzzer runs once per process and exits the process when done)."""
+"""One libFuzzer run of one target, in this process: ``python -m vpindex.fuzz libfuzzer TARGET
+[libFuzzer arguments and corpus directories]``. A campaign (:mod:`vpindex.fuzz.campaign`)
+starts it once per target (libFuzzer runs once per process and exits the process when done)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from vpindex.fuzz import TARGETS
 
-__all__ = ["ATHERIS_MISSING", "load_target", "main"]
+__all__ = ["ATHERIS_MISSING", "fuzz_in_process", "load_target"]
 
 ATHERIS_MISSING = (
     "vpindex.fuzz needs atheris (coverage-guided fuzzing for Python, Linux): "
@@ -51,22 +51,15 @@ def load_target(target: str, instrument: bool = True) -> Callable[[bytes], None]
     return fn
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv if argv is None else argv)
-    if len(args) < 2 or args[1] not in TARGETS:
-        print(f"usage: python -m vpindex.fuzz.runner {{{','.join(TARGETS)}}} [libFuzzer args]")
-        return 2
+def fuzz_in_process(target: str, libfuzzer_args: list[str]) -> int:
+    """Run libFuzzer on ``target`` with ``libfuzzer_args`` (options and corpus directories) in
+    this process; libFuzzer exits the process when done. Returns 2 when atheris is missing."""
     try:
         import atheris
     except ImportError:
         print(ATHERIS_MISSING, file=sys.stderr)
         return 2
-    target = args[1]
     test_one_input = load_target(target)
-    atheris.Setup([f"vpindex-fuzz-{target}", *args[2:]], test_one_input)
+    atheris.Setup([f"vpindex-fuzz-{target}", *libfuzzer_args], test_one_input)
     atheris.Fuzz()  # runs libFuzzer, then exits the process
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,10 @@
-"""Build the checked-in seed corpus: ``python -m vpindex.fuzz.seeds [DIR]`` (default: the
+"""Build the checked-in seed corpus: ``python -m vpindex.fuzz seeds [DIR]`` (default: the
 package's ``corpus/``). Seeds are the KVM selftest calls (reference/kvm-selftests.md), the
 TLFS's layouts at their edges, and the hostile inputs the hardening tests use."""
 
 from __future__ import annotations
 
 import struct
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from vpindex.backends.scenarios import flush_scenarios, ipi_scenarios
 from vpindex.fuzz import CORPUS_DIR
 from vpindex.fuzz.oracle import MEMORY_SIZE, Case
 
-__all__ = ["build_seeds", "main"]
+__all__ = ["build_seeds", "write_seeds"]
 
 _U64 = (1 << 64) - 1
 _SETS = {
@@ -167,9 +166,9 @@ def build_seeds() -> dict[str, dict[str, bytes]]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    root = Path(args[0]) if args else CORPUS_DIR
+def write_seeds(root: Path = CORPUS_DIR) -> int:
+    """Replace each target's directory under ``root`` with its seeds; print one line per
+    target. Returns 0."""
     for target, seeds in build_seeds().items():
         d = root / target
         d.mkdir(parents=True, exist_ok=True)
@@ -179,7 +178,3 @@ def main(argv: list[str] | None = None) -> int:
             (d / name).write_bytes(data)
         print(f"{target}: {len(seeds)} seeds in {d}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

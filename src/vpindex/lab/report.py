@@ -14,7 +14,7 @@ from typing import Any, Final
 from vpindex.lab.records import CellResult, SweepResult, config_json, result_json
 from vpindex.lab.timing import clock_name, format_ns
 
-__all__ = ["SCHEMA", "Goal", "evaluate_goals", "machine_info", "sweep_to_json", "worst_adaptive"]
+__all__ = ["SCHEMA", "Goal", "evaluate_goals", "machine_info", "sweep_to_json"]
 
 SCHEMA: Final = "vpindex-bench/1"
 #: ``adaptive`` counts as "never meaningfully behind" within this factor of the best.
@@ -61,12 +61,6 @@ def _find(results: Iterable[CellResult], **want: object) -> list[CellResult]:
         if all(getattr(c, k) == v for k, v in want.items()):
             out.append(r)
     return out
-
-
-def worst_adaptive(results: Iterable[CellResult], limit: int = 10) -> list[CellResult]:
-    """The ``adaptive`` cells furthest from their group's best, worst first."""
-    mine = [r for r in results if r.cell.strategy == "adaptive"]
-    return sorted(mine, key=lambda r: r.ratio, reverse=True)[:limit]
 
 
 def evaluate_goals(sweep: SweepResult) -> list[Goal]:

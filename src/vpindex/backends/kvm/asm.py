@@ -32,7 +32,7 @@ __all__ = ["Asm", "Label", "Mem", "Program", "Reg", "mem"]
 
 _PLACEHOLDER_BASE = 0x7F00_0000_0000
 _PLACEHOLDER_STRIDE = 16
-_I32_MIN, _I32_MAX, _U32_MAX = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 _IMM64_CODES = frozenset({C.MOV_R64_IMM64})
 
 
