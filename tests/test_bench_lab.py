@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from vpindex.abi import VpSet
-from vpindex.cli import commands  # noqa: F401  (registers the sub-commands)
 from vpindex.cli.app import app
 from vpindex.lab.fixtures import encode_variant
 from vpindex.lab.grid import DEFAULT_VARIANTS, Cell, SweepConfig, parse_targets, target_count

@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from vpindex.cli import app
-from vpindex.cli import commands as _commands  # noqa: F401  (registers the sub-commands)
 
 runner = CliRunner()
 

@@ -118,11 +118,6 @@ def test_every_part_of_the_package_has_a_rank() -> None:
     assert {_part(m) for m, _ in MODULES} <= set(RANK)
 
 
-# Until the CLI registers its commands explicitly (issue 10), the command modules and the app
-# import each other; no other cycle is allowed.
-_KNOWN_CYCLE_PREFIX = "vpindex.cli."
-
-
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
@@ -159,7 +154,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles() -> None:
-    cycles = [c for c in _cycles(GRAPH) if not all(m.startswith(_KNOWN_CYCLE_PREFIX) for m in c)]
+    cycles = _cycles(GRAPH)
     assert not cycles, f"modules that import each other: {cycles}"
 
 

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from vpindex.abi import VpSet
 from vpindex.backends.sim import make_vp_indexes
-from vpindex.cli import commands  # noqa: F401  (registers the sub-commands)
 from vpindex.cli.app import app
 from vpindex.lab.replay import bank_span, default_vp_indexes, histogram, parse_trace, replay
 

@@ -26,7 +26,9 @@ class CaseResult:
 @dataclass
 class RunReport:
     """A whole run. ``failed`` counts failed cases unless a backend sets ``failed_override``
-    (the bring-your-own-guest mode counts vCPUs with a non-zero exit code instead)."""
+    (the bring-your-own-guest mode counts vCPUs with a non-zero exit code instead).
+    ``vp_indexes`` is the VP index of each vCPU at the start of the run (vCPU i holds the i-th);
+    ``backend_reason`` says why this backend ran (set by the caller that chose it)."""
 
     backend: str
     vcpus: int
@@ -36,6 +38,8 @@ class RunReport:
     latency_us: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     failed_override: int | None = None
+    vp_indexes: list[int] = field(default_factory=list)
+    backend_reason: str = ""
 
     @property
     def passed(self) -> int:
@@ -54,7 +58,9 @@ class RunReport:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "vcpus": self.vcpus,
+            "vp_indexes": self.vp_indexes,
             "strategy": self.strategy,
             "calls": self.calls,
             "passed": self.passed,

@@ -213,7 +213,7 @@ def run_sim(opts: SimOptions) -> RunReport:
         raise ValueError(f"--vp-indexes names {len(vp_of)} VP indexes for {n} vCPUs")
     p = _new_partition(n, opts.strategy)
     p.assign_vp_indexes(dict(enumerate(vp_of)))
-    report = RunReport("sim", n, opts.strategy)
+    report = RunReport("sim", n, opts.strategy, vp_indexes=list(vp_of))
     report.cases += _msr_cases(p, vp_of)
     report.cases += _scenario_cases(opts.strategy)
 

@@ -13,8 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vpindex.backends.sim import MAPPINGS
-from vpindex.cli.app import app
-from vpindex.cli.parsing import parse_int_list
+from vpindex.cli.errors import bad_option, output_path_callback, printable, write_output
+from vpindex.cli.limits import MAX_BENCH_REPEAT, MAX_SAMPLE_MS
+from vpindex.cli.parsing import choice, float_in, int_in, parse_int_list
 from vpindex.lab.grid import (
     DEFAULT_TARGETS,
     HYPERCALL_VARIANTS,
@@ -28,10 +29,10 @@ from vpindex.lab.grid import (
 from vpindex.lab.records import CellResult, SweepResult
 from vpindex.lab.report import ADAPTIVE_TOLERANCE, evaluate_goals, sweep_to_json
 from vpindex.lab.sweep import run_sweep
-from vpindex.lab.timing import clock_name, format_ns, use_clock
+from vpindex.lab.timing import CLOCKS, clock_name, format_ns, use_clock
 from vpindex.vpmap import STRATEGIES
 
-__all__ = ["bench"]
+__all__ = ["bench", "bench_app", "calibrate"]
 
 
 def _names(text: str | None, allowed: tuple[str, ...], option: str) -> tuple[str, ...] | None:
@@ -40,9 +41,8 @@ def _names(text: str | None, allowed: tuple[str, ...], option: str) -> tuple[str
     out = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     bad = [p for p in out if p not in allowed]
     if bad or not out:
-        raise typer.BadParameter(
-            f"{option}: unknown {', '.join(bad) or '(empty)'}; valid: {', '.join(allowed)}"
-        )
+        shown = printable(", ".join(bad) or text)
+        bad_option(option, f"{shown!r} is not one of {', '.join(allowed)}")
     return out
 
 
@@ -123,9 +123,9 @@ def render_sweep(console: Console, sweep: SweepResult) -> None:
     )
 
 
-#: ``vpindex bench`` runs the sweep; ``vpindex bench calibrate`` refits the cost model.
+#: ``vpindex bench`` runs the sweep; ``vpindex bench calibrate`` refits the cost model. Registered
+#: on the application by :func:`vpindex.cli.commands.register`.
 bench_app = typer.Typer(rich_markup_mode="markdown")
-app.add_typer(bench_app, name="bench")
 
 
 @bench_app.callback(invoke_without_command=True)
@@ -154,26 +154,47 @@ def bench(
         typer.Option(help="hypercall op: encodings, e.g. flush-space/ex/slow,ipi/non-ex/fast."),
     ] = None,
     repeat: Annotated[
-        int | None, typer.Option(help="Samples per cell (default 5; --quick 3).")
+        int | None,
+        typer.Option(
+            parser=int_in(1, MAX_BENCH_REPEAT, "--repeat"),
+            metavar="N",
+            help="Samples per cell (default 5; --quick 3).",
+        ),
     ] = None,
     sample_ms: Annotated[
         float | None,
-        typer.Option(help="Minimum duration of one sample, ms (default 20; --quick 5)."),
+        typer.Option(
+            parser=float_in(0.001, MAX_SAMPLE_MS, "--sample-ms"),
+            metavar="MS",
+            help="Minimum duration of one sample, ms (default 20; --quick 5).",
+        ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write machine-readable results to FILE.")
+        Path | None,
+        typer.Option(
+            "--json",
+            callback=output_path_callback,
+            metavar="FILE",
+            help="Write machine-readable results to FILE.",
+        ),
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
-            help="Write log-log PNGs: FILE.png (resolve), FILE-vcpu_of.png, FILE-memory.png..."
+            callback=output_path_callback,
+            metavar="FILE",
+            help="Write log-log PNGs: FILE.png (resolve), FILE-vcpu_of.png, FILE-memory.png...",
         ),
     ] = None,
     quick: Annotated[
         bool, typer.Option(help="Reduced grid (N in 8,128,1024; 3 encodings; short samples).")
     ] = False,
     clock: Annotated[
-        str, typer.Option(help="cpu (this thread's CPU time, robust on a busy host) or wall.")
+        str,
+        typer.Option(
+            parser=choice(CLOCKS, "--clock"),
+            help="cpu (this thread's CPU time, robust on a busy host) or wall.",
+        ),
     ] = "cpu",
     quiet: Annotated[bool, typer.Option(help="No tables (with --json/--plot).")] = False,
 ) -> None:
@@ -184,16 +205,21 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     try:
-        config = SweepConfig(
-            targets=parse_targets(targets),
-            mappings=_names(mapping, MAPPINGS, "--mapping") or MAPPINGS,
-            ops=_names(op, OPS, "--op") or OPS,
-        )
+        target_labels = parse_targets(targets)
     except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+        bad_option("--targets", str(err))
+    config = SweepConfig(
+        targets=target_labels,
+        mappings=_names(mapping, MAPPINGS, "--mapping") or MAPPINGS,
+        ops=_names(op, OPS, "--op") or OPS,
+    )
     config.strategies = _names(strategies, tuple(STRATEGIES), "--strategies") or tuple(STRATEGIES)
     if vcpus is not None:
-        config.vcpus = tuple(dict.fromkeys(parse_int_list(vcpus, "--vcpus")))
+        counts = tuple(dict.fromkeys(parse_int_list(vcpus, "--vcpus")))
+        bad = [n for n in counts if not 1 <= n <= config.max_vp_index]
+        if bad:
+            bad_option("--vcpus", f"{bad[0]} is outside 1..{config.max_vp_index}")
+        config.vcpus = counts
     elif quick:
         config.vcpus = QUICK_VCPUS
     config.variants = _names(variants, HYPERCALL_VARIANTS, "--variants") or (
@@ -204,16 +230,11 @@ def bench(
     if quick:
         config.budget_ns = 200_000_000
         config.recheck_spread = 0.25  # only the wildly disturbed rows: stay under a minute
-    if config.target_ns <= 0:
-        raise typer.BadParameter("--sample-ms must be > 0")
     try:
         config.validate()
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    try:
-        use_clock(clock)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+    except ValueError as err:  # pragma: no cover - every option is checked above
+        bad_option("--op", str(err))
+    use_clock(clock)
     console = Console()
     with Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -236,12 +257,10 @@ def bench(
         sweep = run_sweep(config, progress)
     doc = sweep_to_json(sweep)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(doc, indent=1) + "\n")
+        write_output("--json", json_out, json.dumps(doc, indent=1) + "\n")
     if plot is not None:
         from vpindex.lab.plots import write_plots
 
-        plot.parent.mkdir(parents=True, exist_ok=True)
         for path in write_plots(doc, plot):
             console.print(f"wrote {path}")
     if not quiet:
@@ -252,9 +271,17 @@ def bench(
 
 @bench_app.command()
 def calibrate(
-    repeat: Annotated[int, typer.Option(min=1, max=1000, help="Samples per point.")] = 9,
+    repeat: Annotated[
+        int,
+        typer.Option(parser=int_in(1, 1000, "--repeat"), metavar="N", help="Samples per point."),
+    ] = 9,
     sample_ms: Annotated[
-        float, typer.Option(min=0.1, max=1000, help="Minimum duration of one sample, ms.")
+        float,
+        typer.Option(
+            parser=float_in(0.1, 1000, "--sample-ms"),
+            metavar="MS",
+            help="Minimum duration of one sample, ms.",
+        ),
     ] = 5,
     write: Annotated[
         bool, typer.Option(help="Regenerate the fitted block of vpindex/vpmap/costs.py.")

@@ -1,5 +1,24 @@
-"""Registers every sub-command on :data:`vpindex.cli.app.app` (importing a module registers it)."""
+"""Every ``vpindex`` command, registered explicitly on the application (importing a command
+module registers nothing)."""
 
-from vpindex.cli import bench, decode, linux, replay, run
+from __future__ import annotations
 
-__all__ = ["bench", "decode", "linux", "replay", "run"]
+import typer
+
+from vpindex.cli.bench import bench_app
+from vpindex.cli.decode import decode
+from vpindex.cli.linux import linux_app
+from vpindex.cli.replay import replay
+from vpindex.cli.run import run
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to ``app``: ``run``, ``decode``, ``replay``, and the ``bench`` and ``linux``
+    groups."""
+    app.command("run")(run)
+    app.command("decode")(decode)
+    app.add_typer(bench_app, name="bench")
+    app.command("replay")(replay)
+    app.add_typer(linux_app, name="linux")

@@ -19,7 +19,8 @@ from vpindex.abi import (
     HvStatus,
     VpSet,
 )
-from vpindex.cli.app import app
+from vpindex.cli.errors import bad_option, printable
+from vpindex.cli.limits import MAX_DECODE_INPUT_BYTES
 from vpindex.cli.parsing import parse_int
 from vpindex.engine import FlushRequest, GuestFault, decode_hypercall, header_fields
 
@@ -48,8 +49,9 @@ def _explain(rcx: int, data: bytes) -> dict[str, Any]:
         },
         "call": ctl.call.name if ctl.call is not None else None,
     }
+    short: list[int] = []  # bytes a slow call needed beyond the input given
     if ctl.fast:
-        block = data[: 16 + XMM_INPUT_BYTES].ljust(16 + XMM_INPUT_BYTES, b"\0")
+        block = data.ljust(16 + XMM_INPUT_BYTES, b"\0")
         rdx = int.from_bytes(block[0:8], "little")
         r8 = int.from_bytes(block[8:16], "little")
         xmm = block[16:]
@@ -61,11 +63,21 @@ def _explain(rcx: int, data: bytes) -> dict[str, Any]:
         memory = memoryview(data)
 
         def view(gpa: int, n: int) -> memoryview | None:
-            return memory[gpa : gpa + n] if gpa >= 0 and gpa + n <= len(memory) else None
+            if gpa >= 0 and gpa + n <= len(memory):
+                return memory[gpa : gpa + n]
+            short.append(gpa + n)
+            return None
 
     try:
         request = decode_hypercall(rcx, rdx, r8, xmm, view, Features.all())
     except HvError as err:
+        if short:
+            name = ctl.call.name if ctl.call is not None else f"call {ctl.code:#x}"
+            bad_option(
+                "--input",
+                f"{len(data)} byte(s) given; {name} reads {max(short)} bytes of input "
+                "(the input block is the bytes at the input GPA)",
+            )
         out.update(status=err.status.name, status_code=int(err.status), reason=err.reason)
         out["header"] = header_fields(ctl.code, err.header)
         return out
@@ -109,7 +121,6 @@ def _render(console: Console, info: dict[str, Any]) -> None:
         console.print(f"  {key}: {value}")
 
 
-@app.command()
 def decode(
     control: Annotated[str, typer.Option("--control", "-c", help="The control word (RCX).")],
     input_hex: Annotated[
@@ -118,7 +129,7 @@ def decode(
             "--input",
             "-i",
             help="Input block as hex: the bytes at the input GPA (slow call), or RDX, R8, "
-            "XMM0-XMM5 in order (fast call).",
+            "XMM0-XMM5 in order, little-endian (fast call; registers not given are 0).",
         ),
     ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -127,11 +138,22 @@ def decode(
     indexes), or the HV_STATUS a hypervisor would return and why."""
     rcx = parse_int(control, "--control")
     if not 0 <= rcx < 1 << 64:
-        raise typer.BadParameter(f"--control must be a u64, got {control}")
+        bad_option("--control", f"{printable(control)!r} is not a u64 (0 .. 0xffffffffffffffff)")
+    digits = input_hex.replace(" ", "").replace("_", "")
+    if len(digits) > 2 * MAX_DECODE_INPUT_BYTES:
+        bad_option("--input", f"{len(digits) // 2} bytes; at most {MAX_DECODE_INPUT_BYTES}")
     try:
-        data = bytes.fromhex(input_hex.replace(" ", "").replace("_", ""))
+        data = bytes.fromhex(digits)
     except ValueError:
-        raise typer.BadParameter(f"--input must be hex bytes, got {input_hex!r}") from None
+        bad_option("--input", f"{printable(input_hex, 60)!r} is not hex bytes")
+    if Control.decode(rcx).fast:
+        regs = 16 + XMM_INPUT_BYTES
+        if data and (len(data) % 8 or not 16 <= len(data) <= regs):
+            bad_option(
+                "--input",
+                f"{len(data)} byte(s) for a fast call; give whole 8-byte registers in order, RDX "
+                f"and R8 at least (16 bytes) and XMM0-XMM5 at most ({regs} bytes)",
+            )
     info = _explain(rcx, data)
     if as_json:
         typer.echo(json.dumps(info))

@@ -20,7 +20,6 @@ from vpindex.backends.linux.build import (
     SourceError,
     build_kernel,
 )
-from vpindex.cli.app import app
 
 __all__ = ["linux_app"]
 
@@ -30,7 +29,6 @@ linux_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.add_typer(linux_app, name="linux")
 
 _MAX_TIMEOUT_S = 24 * 3600.0
 

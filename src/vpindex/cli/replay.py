@@ -9,11 +9,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vpindex.abi.vpset import MAX_VP_INDEX
-from vpindex.cli.app import app
-from vpindex.cli.parsing import parse_int_list
+from vpindex.cli.errors import bad_option, printable, run_failed
+from vpindex.cli.limits import MAX_BENCH_REPEAT, MAX_REPLAY_BYTES, MAX_SAMPLE_MS
+from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
 from vpindex.lab.replay import parse_trace
 from vpindex.lab.replay import replay as replay_trace
 from vpindex.lab.timing import CLOCKS, format_ns, use_clock
@@ -23,7 +25,7 @@ __all__ = ["replay"]
 
 
 def _render(console: Console, path: Path, doc: dict[str, Any]) -> None:
-    summary = Table(title=f"vpindex replay: {path}", show_header=False)
+    summary = Table(title=f"vpindex replay: {printable(str(path))}", show_header=False)
     m = doc["map"]
     vp_text = "identity" if m["vp_indexes"] == "identity" else "explicit"
     rows = [
@@ -46,7 +48,8 @@ def _render(console: Console, path: Path, doc: dict[str, Any]) -> None:
         summary.add_row(key, str(value))
     console.print(summary)
     for line in doc["unparsable_examples"]:
-        console.print(f"  [yellow]unparsable line {line['line']}:[/] {line['text']}")
+        text = escape(printable(line["text"]))
+        console.print(f"  [yellow]unparsable line {line['line']}:[/] {text}")
     types = Table(title="calls by type")
     types.add_column("call")
     types.add_column("calls", justify="right")
@@ -78,63 +81,108 @@ def _render(console: Console, path: Path, doc: dict[str, Any]) -> None:
         console.print(timing)
 
 
-@app.command()
+def _trace_file(value: Path) -> Path:
+    if not value.is_file():
+        bad_option("FILE", f"{value} is not a file")
+    try:
+        size = value.stat().st_size
+        with value.open("rb"):
+            pass
+    except OSError as err:
+        bad_option("FILE", f"cannot read {value}: {err.strerror or err}")
+    if size > MAX_REPLAY_BYTES:
+        bad_option("FILE", f"{value} is {size} bytes; at most {MAX_REPLAY_BYTES} are read")
+    return value
+
+
+def _strategies(value: str) -> tuple[str, ...]:
+    if value == "all":
+        return tuple(STRATEGIES)
+    names = tuple(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    bad = [s for s in names if s not in STRATEGIES]
+    if bad or not names:
+        bad_option(
+            "--strategy",
+            f"{printable(', '.join(bad) or value)!r} is not one of {', '.join(STRATEGIES)} or all",
+        )
+    return names
+
+
 def replay(
     file: Annotated[
-        Path, typer.Argument(help="trace-cmd report / perf script text with kvm_hv_* events.")
+        Path,
+        typer.Argument(
+            callback=_trace_file,
+            metavar="FILE",
+            help="trace-cmd report / perf script text with kvm_hv_* events.",
+        ),
     ],
     strategy: Annotated[
         str, typer.Option(help="A strategy name, a comma-separated list, or all.")
     ] = "all",
     vcpus: Annotated[
-        int | None, typer.Option(help="Replay map size (identity unless --vp-indexes).")
+        int | None,
+        typer.Option(
+            parser=int_in(1, MAX_VP_INDEX, "--vcpus"),
+            metavar="N",
+            help="Replay map size (identity unless --vp-indexes).",
+        ),
     ] = None,
     vp_indexes: Annotated[
         str | None, typer.Option("--vp-indexes", help="The VP index of each vCPU, e.g. 0,2,65.")
     ] = None,
-    repeat: Annotated[int, typer.Option(help="Timed samples per strategy.")] = 5,
-    sample_ms: Annotated[float, typer.Option(help="Minimum duration of one sample, ms.")] = 20,
-    clock: Annotated[str, typer.Option(help="cpu (thread CPU time) or wall.")] = "cpu",
+    repeat: Annotated[
+        int,
+        typer.Option(
+            parser=int_in(1, MAX_BENCH_REPEAT, "--repeat"),
+            metavar="N",
+            help="Timed samples per strategy.",
+        ),
+    ] = 5,
+    sample_ms: Annotated[
+        float,
+        typer.Option(
+            parser=float_in(0.001, MAX_SAMPLE_MS, "--sample-ms"),
+            metavar="MS",
+            help="Minimum duration of one sample, ms.",
+        ),
+    ] = 20,
+    clock: Annotated[
+        str, typer.Option(parser=choice(CLOCKS, "--clock"), help="cpu (thread CPU time) or wall.")
+    ] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Rebuild every PV TLB-flush / PV IPI call of a KVM trace, resolve its VP set through the
     chosen strategies and report calls by type, target-set sizes and time per strategy.
-    Unparsable lines are counted, never fatal. Ex sets whose bank words the trace does not
-    show are taken as every held VP index in the valid banks (an upper bound)."""
-    if strategy == "all":
-        names = tuple(STRATEGIES)
-    else:
-        names = tuple(dict.fromkeys(s.strip() for s in strategy.split(",") if s.strip()))
-        bad = [s for s in names if s not in STRATEGIES]
-        if bad or not names:
-            raise typer.BadParameter(
-                f"--strategy: unknown {', '.join(bad) or '(empty)'}; valid: "
-                f"{', '.join(STRATEGIES)} or all"
-            )
-    if clock not in CLOCKS:
-        raise typer.BadParameter(f"--clock must be one of {', '.join(CLOCKS)}")
+    Unparsable lines are counted, never fatal; a file with no flush or IPI call in it fails
+    (exit status 1). Ex sets whose bank words the trace does not show are taken as every held
+    VP index in the valid banks (an upper bound)."""
+    names = _strategies(strategy)
     use_clock(clock)
-    if repeat < 1 or sample_ms <= 0:
-        raise typer.BadParameter("--repeat must be >= 1 and --sample-ms > 0")
     vps: list[int] | None = None
     source = ""
     if vp_indexes is not None:
-        vps = parse_int_list(vp_indexes, "--vp-indexes")
+        vps = parse_vp_indexes(vp_indexes)
         if vcpus is not None and vcpus != len(vps):
-            raise typer.BadParameter(f"--vp-indexes names {len(vps)} VP indexes for {vcpus} vCPUs")
-        if any(not 0 <= v < MAX_VP_INDEX for v in vps) or len(set(vps)) != len(vps):
-            raise typer.BadParameter(f"--vp-indexes must be distinct and in [0, {MAX_VP_INDEX})")
+            bad_option("--vp-indexes", f"names {len(vps)} VP indexes for --vcpus {vcpus}")
         source = "--vp-indexes"
     elif vcpus is not None:
-        if not 1 <= vcpus <= MAX_VP_INDEX:
-            raise typer.BadParameter(f"--vcpus must be in 1..{MAX_VP_INDEX}, got {vcpus}")
         vps = list(range(vcpus))
         source = "--vcpus, identity"
     try:
         with file.open(encoding="utf-8", errors="replace") as f:
             trace = parse_trace(f)
     except OSError as err:
-        raise typer.BadParameter(f"cannot read {file}: {err.strerror}") from None
+        bad_option("FILE", f"cannot read {file}: {err.strerror or err}")
+    if not trace.calls:
+        seen = sum(trace.hypercall_layouts.values()) + trace.incomplete
+        what = "no flush or IPI call" if seen else "no kvm_hv_* events"
+        run_failed(
+            f"{file}: {what} in {trace.lines} lines ({trace.unparsable} unparsable); record "
+            "kvm_hv_flush_tlb*, kvm_hv_send_ipi* and kvm_hv_hypercall with trace-cmd or perf",
+            as_json=as_json,
+            doc={"file": str(file), "lines": trace.lines, "calls": 0},
+        )
     report = replay_trace(
         trace,
         names,

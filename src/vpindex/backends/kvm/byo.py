@@ -64,7 +64,12 @@ def run_guest_impl(
             }
             for t in m.threads
         ]
-        report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
+        report = RunReport(
+            backend="kvm",
+            vcpus=vcpus,
+            strategy=strategy,
+            vp_indexes=[v["vp_index"] for v in per_vcpu],
+        )
         report.calls = sum(v["hypercalls"] for v in per_vcpu)
         report.cases = [
             CaseResult(

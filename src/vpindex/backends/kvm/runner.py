@@ -186,7 +186,7 @@ def run_suite_impl(
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     vps = list(vp_indexes) if vp_indexes is not None else default_vp_indexes(vcpus)
-    report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
+    report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy, vp_indexes=list(vps))
     chosen = _SCENARIOS if scenario == "all" else (scenario,)
     deadline = time.perf_counter() + timeout
     pools: dict[str, list[float]] = {

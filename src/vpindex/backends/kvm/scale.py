@@ -128,7 +128,12 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
         stop.set()
         watcher.join(1.0)
     try:
-        report = RunReport(backend="kvm", vcpus=vcpus, strategy=strategy)
+        report = RunReport(
+            backend="kvm",
+            vcpus=vcpus,
+            strategy=strategy,
+            vp_indexes=[scale_vp_index(i) for i in range(vcpus)],
+        )
         for plan in plans:
             for c in sm.case_results(plan):
                 report.cases.append(c)
