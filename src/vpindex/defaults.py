@@ -21,6 +21,9 @@ __all__ = [
     "KVM_SUITE_SCENARIO",
     "KVM_SUITE_TIMEOUT_S",
     "KVM_SUITE_VCPUS",
+    "LINUX_MEMORY_MIB",
+    "LINUX_TIMEOUT_S",
+    "LINUX_VCPUS",
     "SIM_CALLS",
     "SIM_MAPPING",
     "SIM_SEED",
@@ -53,3 +56,9 @@ KVM_GUEST_TIMEOUT_S: Final = 30.0
 KVM_SCALE_VCPUS: Final = 128
 KVM_SCALE_CALLS: Final = 20
 KVM_SCALE_TIMEOUT_S: Final = 300.0
+
+#: ``vpindex linux run``: vCPUs, guest RAM (enough for the small kernel and its initramfs; less
+#: RAM boots faster under emulation), seconds before the run is declared hung.
+LINUX_VCPUS: Final = 4
+LINUX_MEMORY_MIB: Final = 64
+LINUX_TIMEOUT_S: Final = 300.0

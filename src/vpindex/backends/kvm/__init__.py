@@ -12,7 +12,7 @@ reads this chain and checks it)::
     -> contract, host_fixes
     -> guests, guests.suite_layout -> guests.hello, guests.suite_image
     -> remote_flush -> hyperv -> exits -> machine
-    -> suite_machine, linuxvm.vmm -> runner, scale, byo
+    -> suite_machine, linuxvm.vmm -> runner, scale, byo, linuxvm.run
 
 ``errors`` is the one error family; ``structs``/``ioctls`` hold the kernel's numbers and
 layouts, defined once; ``system``/``vm``/``vcpu`` wrap one fd each (:class:`Kvm`, :class:`Vm`,

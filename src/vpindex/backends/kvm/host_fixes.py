@@ -51,7 +51,16 @@ from vpindex.backends.kvm.ioctls import (
 from vpindex.backends.kvm.linuxvm.pagewalk import GuestVirtual, UnmappedAddress
 from vpindex.backends.kvm.vcpu import Vcpu
 
-__all__ = ["HIDE_FEATURES_WORDS", "HostFixes"]
+__all__ = ["FIX_NAMES", "HIDE_FEATURES_WORDS", "HostFixes"]
+
+#: Every workaround, by the name it is counted under.
+FIX_NAMES: Final = (
+    "int3-at-cpl0",
+    "int3-stale-fetch",
+    "fwait-at-cpl0",
+    "syscall-at-cpl3",
+    "kvm-run-eagain",
+)
 
 #: Kernel command-line words that hide CPU features the host's emulator fails on at CPL0 but
 #: that leak into the guest's CPUID: XSAVE (xrstor), POPCNT, SMAP (clac/stac).

@@ -31,15 +31,18 @@ MAX_CONSOLE_BYTES: Final = 4 << 20
 
 class Console:
     """Collects serial output, stamps milestones (seconds since :meth:`start`), streams each
-    byte to ``sink`` and calls ``on_milestone(name)`` when one is reached."""
+    byte to ``sink`` and calls ``on_milestone(name)`` when one is reached; ``extra`` adds
+    named line patterns to watch for."""
 
     def __init__(
         self,
         sink: Callable[[bytes], None] | None = None,
         on_milestone: Callable[[str], None] | None = None,
+        extra: dict[str, re.Pattern[bytes]] | None = None,
     ) -> None:
         self._sink = sink
         self._on_milestone = on_milestone
+        self._patterns = {**_PATTERNS, **(extra or {})}
         self._lock = threading.Lock()
         self._line = bytearray()
         self.text = bytearray()
@@ -67,7 +70,7 @@ class Console:
             if byte == 0x0A:
                 line = bytes(self._line)
                 self._line.clear()
-                for name, pattern in _PATTERNS.items():
+                for name, pattern in self._patterns.items():
                     if name not in self.times and pattern.search(line):
                         self.mark(name)
             elif len(self._line) < 4096:

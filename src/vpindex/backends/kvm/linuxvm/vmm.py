@@ -23,6 +23,7 @@ HV_STATUS_ACCESS_DENIED, ``misroute-ipi`` delivers one IPI after /init starts to
 from __future__ import annotations
 
 import ctypes
+import re
 import threading
 import time
 from collections import Counter
@@ -74,6 +75,7 @@ HV_MSR_TSC_INVARIANT_CONTROL: Final = 0x40000118
 #: KVM's in-kernel LAPIC timer counts at 1 GHz whatever the host.
 APIC_TIMER_HZ: Final = 1_000_000_000
 _STATUS_MASK: Final = 0xFFFF
+_SNAPSHOT: Final = "snapshot:"
 _RCX: Final = 2
 
 
@@ -92,6 +94,10 @@ class BootSpec:
     control: str | None = None
     trace: bool = False
     console_sink: Callable[[bytes], None] | None = None
+    #: console line patterns by name; when one first appears the per-vCPU IPI counts are
+    #: snapshot under that name (``BootResult.ipis_at``), e.g. at the lines a guest prints
+    #: around reading its own interrupt counters
+    snapshot_lines: dict[str, re.Pattern[bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,9 +114,13 @@ class BootResult:
     statuses: Counter[int] = field(default_factory=Counter)
     faults: int = 0
     serve_ns: dict[int, list[int]] = field(default_factory=dict)
-    resolve_ns: list[int] = field(default_factory=list)
-    ipis_sent: list[int] = field(default_factory=list)
-    ipis_delivered: list[int] = field(default_factory=list)
+    #: per code: the VP-set translation of each served call that names a VP set, timed alone
+    resolve_ns: dict[int, list[int]] = field(default_factory=dict)
+    #: per vCPU, per vector: IPIs the engine addressed to it / the VMM actually delivered
+    ipis_sent: list[Counter[int]] = field(default_factory=list)
+    ipis_delivered: list[Counter[int]] = field(default_factory=list)
+    #: ``ipis_delivered`` when each ``BootSpec.snapshot_lines`` pattern appeared
+    ipis_at: dict[str, list[Counter[int]]] = field(default_factory=dict)
     host_fixes: Counter[str] = field(default_factory=Counter)
     misrouted: str | None = None
     events: list[HypercallEvent] = field(default_factory=list)
@@ -159,11 +169,14 @@ class _LinuxVm:
             features=features,
             log_events=spec.trace,
         )
-        self.result = BootResult("", None, Console(spec.console_sink, self._milestone), 0.0)
+        extra = {_SNAPSHOT + name: p for name, p in spec.snapshot_lines.items()}
+        console = Console(spec.console_sink, self._milestone, extra)
+        self.result = BootResult("", None, console, 0.0)
         r = self.result
-        r.ipis_sent = [0] * spec.vcpus
-        r.ipis_delivered = [0] * spec.vcpus
+        r.ipis_sent = [Counter() for _ in range(spec.vcpus)]
+        r.ipis_delivered = [Counter() for _ in range(spec.vcpus)]
         r.serve_ns = {code: [] for code in CALL_CODES}
+        r.resolve_ns = {code: [] for code in CALL_CODES}
         self.fixes = HostFixes(m.vm.memory)
         self._lock = threading.Lock()
         self._arm: set[int] = set()
@@ -263,6 +276,10 @@ class _LinuxVm:
         self.machine.close()
 
     def _milestone(self, name: str) -> None:
+        if name.startswith(_SNAPSHOT):
+            with self._lock:
+                counts = [Counter(c) for c in self.result.ipis_delivered]
+                self.result.ipis_at[name[len(_SNAPSHOT) :]] = counts
         if name == "init":
             with self._lock:
                 self._arm = set(range(self.spec.vcpus))
@@ -364,22 +381,23 @@ class _LinuxVm:
         rcx = vcpu.sync_reg("rcx")
         served = len(cpu.serve_ns)
         done = self._serve_hypercall(cpu, io)
-        resolve_ns = self._resolve_ns(cpu, rcx) if len(cpu.serve_ns) > served else 0
+        resolve_ns = self._resolve_ns(cpu, rcx) if len(cpu.serve_ns) > served else None
         with self._lock:
             r.hypercalls[code] += 1
             if len(cpu.serve_ns) > served:
                 r.statuses[vcpu.sync_reg("rax") & _STATUS_MASK] += 1
                 if code in r.serve_ns:
                     r.serve_ns[code].append(cpu.serve_ns[-1])
-                    r.resolve_ns.append(resolve_ns)
+                    if resolve_ns is not None:
+                        r.resolve_ns[code].append(resolve_ns)
             else:
                 r.faults += 1
         return done
 
-    def _resolve_ns(self, cpu: VcpuThread, rcx: int) -> int:
+    def _resolve_ns(self, cpu: VcpuThread, rcx: int) -> int | None:
         """Time the VP-set translation of the call just served, on its own: decode the same
-        input again and resolve it once more on the partition's map (0 when the call has no
-        VP set or does not decode)."""
+        input again and resolve it once more on the partition's map (None when the call has no
+        VP set, e.g. ALL_PROCESSORS, or does not decode)."""
         part = self.machine.partition
         vcpu = cpu.vcpu
         xmm = vcpu.get_xmm() if uses_xmm_input(rcx) else bytes(96)
@@ -388,9 +406,9 @@ class _LinuxVm:
                 rcx, vcpu.sync_reg("rdx"), vcpu.sync_reg("r8"), xmm, part.memory.view, part.features
             )
         except HvError:
-            return 0
+            return None
         if request.vp_set is None:
-            return 0
+            return None
         vp_map = part.vp_map
         start = time.perf_counter_ns()
         vp_map.resolve(request.vp_set)
@@ -412,9 +430,9 @@ class _LinuxVm:
                 )
         with self._lock:
             for t in targets:
-                r.ipis_sent[t] += 1
+                r.ipis_sent[t][vector] += 1
             for t in sent:
-                r.ipis_delivered[t] += 1
+                r.ipis_delivered[t][vector] += 1
         self._deliver(vector, sent)
 
 
