@@ -263,3 +263,32 @@ def test_the_console_script_prints_one_line_and_no_traceback(tmp_path: Path) -> 
         proc.stderr
         == f"error: --trace-out: directory {missing} of {missing / 't.txt'} does not exist\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["run", "vpset", "--runs", "-1"], "error: argument --runs: -1 is outside 1..1000000000\n"),
+        (["vpset", "--seconds", "0"], "error: argument --seconds: 0 is outside 1..604800\n"),
+        (
+            ["vpset", "--out", "{missing}"],
+            "error: --out: directory {parent} of {missing} does not exist\n",
+        ),
+        (["vpset", "--corpus", "{missing}"], "error: --corpus: {missing} is not a directory\n"),
+        (["costs", "--vcpus", "0"], "error: argument --vcpus: 0 is outside 1..4096\n"),
+    ],
+)
+def test_the_fuzz_entry_point_bounds_its_options(
+    args: list[str], line: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no" / "out"
+    fill = {"{missing}": str(missing), "{parent}": str(missing.parent)}
+    for key, value in fill.items():
+        args = [a.replace(key, value) for a in args]
+        line = line.replace(key, value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vpindex.fuzz", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", line)
+    assert not missing.parent.exists()

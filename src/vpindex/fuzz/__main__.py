@@ -13,37 +13,83 @@ command                                                what it does
                                                        campaign's child; ARGS are libFuzzer's)
 =====================================================  ======================================
 
-Exit status: 0 done and clean, 1 a finding or a failed run, 2 bad usage or atheris missing.
+Exit status: 0 done and clean, 1 a finding or a failed run, 2 bad usage or atheris missing. A
+usage mistake is one line ``error: ...`` on stderr naming the option and the value; every count
+and duration has a bound, quoted in the error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
+from vpindex.abi import MAX_VP_INDEX
 from vpindex.fuzz import CORPUS_DIR, TARGETS
 
 __all__ = ["main"]
 
 _COMMANDS = ("run", "linecov", "costs", "seeds", "libfuzzer")
+#: Bounds on what a user can make large: executions and seconds per target, timing repeats.
+MAX_RUNS = 1_000_000_000
+MAX_SECONDS = 7 * 24 * 3600
+MAX_REPEAT = 1000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error line: ``error: ...`` on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
+def _bounded(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def _writable_dir(option: str, path: Path) -> str | None:
+    """Why ``path`` cannot be (or become, one level down) a writable directory; None if it can.
+    Its parent must exist: nothing but the named directory is ever created."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{option}: {path} is not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{option}: {path} is not writable"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"{option}: directory {parent} of {path} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option}: cannot create {path}: {parent} is not writable"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m vpindex.fuzz",
         description="Fuzzing tools for vpindex's guest-input decoders and Partition.hypercall. "
         "A bare TARGET means 'run TARGET'; arguments after -- go to libFuzzer.",
     )
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="a coverage-guided campaign (atheris/libFuzzer)")
     run.add_argument("target", choices=[*TARGETS, "all"], metavar="TARGET",
                      help=f"one of {', '.join(TARGETS)}, or all")  # fmt: skip
-    run.add_argument("--runs", type=int, default=None,
+    run.add_argument("--runs", type=_bounded(1, MAX_RUNS), default=None,
                      help="executions per target (libFuzzer -runs); default 10000 unless "
                      "--seconds is given")  # fmt: skip
-    run.add_argument("--seconds", type=int, default=None,
+    run.add_argument("--seconds", type=_bounded(1, MAX_SECONDS), default=None,
                      help="time limit per target (libFuzzer -max_total_time)")  # fmt: skip
     run.add_argument("--corpus", type=Path, default=None,
                      help="seed corpus directory (read only); default: the checked-in "
@@ -61,11 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     cov.add_argument("--missed", action="store_true", help="list the lines not executed")
 
     costs = sub.add_parser("costs", help="worst-case cost of one hostile hypercall")
-    costs.add_argument("--vcpus", type=int, nargs="+", default=[64, 4096])
+    costs.add_argument("--vcpus", type=_bounded(1, MAX_VP_INDEX), nargs="+", default=[64, 4096])
     costs.add_argument("--strategies", nargs="+", default=["adaptive"])
     costs.add_argument("--platforms", nargs="+", choices=["sync", "vmm"], default=["sync", "vmm"])
-    costs.add_argument("--repeat", type=int, default=15)
-    costs.add_argument("--mem-calls", type=int, default=3)
+    costs.add_argument("--repeat", type=_bounded(1, MAX_REPEAT), default=15)
+    costs.add_argument("--mem-calls", type=_bounded(1, MAX_REPEAT), default=3)
 
     seeds = sub.add_parser("seeds", help="rebuild the seed corpus")
     seeds.add_argument("dir", nargs="?", type=Path, default=CORPUS_DIR, metavar="DIR")
@@ -91,10 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from vpindex.fuzz.campaign import fuzz
 
-        return fuzz(
-            args.target, runs=args.runs, seconds=args.seconds, corpus=args.corpus, out=args.out,
-            artifacts=args.artifacts, extra=extra, verbose=args.verbose,
-        )  # fmt: skip
+        problems = [_writable_dir("--artifacts", args.artifacts)]
+        if args.out is not None:
+            problems.append(_writable_dir("--out", args.out))
+        if args.corpus is not None and not args.corpus.is_dir():
+            problems.append(f"--corpus: {args.corpus} is not a directory")
+        for problem in problems:
+            if problem is not None:
+                _parser().error(problem)
+        if args.out is not None:
+            try:
+                args.out.mkdir(exist_ok=True)  # asked for; its parent exists (checked)
+            except OSError as err:
+                _parser().error(f"--out: cannot create {args.out}: {err.strerror or err}")
+        try:
+            return fuzz(
+                args.target, runs=args.runs, seconds=args.seconds, corpus=args.corpus, out=args.out,
+                artifacts=args.artifacts, extra=extra, verbose=args.verbose,
+            )  # fmt: skip
+        except OSError as err:  # e.g. --out on a filesystem that refuses directories
+            _parser().error(f"cannot use {err.filename}: {err.strerror or err}")
     if args.command == "linecov":
         from vpindex.fuzz.linecov import report as coverage_report
 
