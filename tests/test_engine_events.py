@@ -19,11 +19,8 @@ def q(*words: int) -> bytes:
     return struct.pack(f"<{len(words)}Q", *words)
 
 
-def partition(**kw) -> Partition:
-    p = Partition(3, **kw)
-    p.assign_vp_indexes({1: 2, 2: 65})
-    p.enable_hypercalls()
-    return p
+#: The KVM selftest layout: vCPU 1 holds VP 2, vCPU 2 VP 65.
+SELFTEST_LAYOUT = {1: 2, 2: 65}
 
 
 def lines_of_last(p: Partition) -> list[str]:
@@ -31,8 +28,8 @@ def lines_of_last(p: Partition) -> list[str]:
     return format_event(ev, ev.start_ns)
 
 
-def test_ipi_ex_lines():
-    p = partition()
+def test_ipi_ex_lines(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     p.memory.write(GPA, struct.pack("<IIQQQQ", 0xFE, 0, 0, 0x3, 0x4, 0x2))
     assert p.hypercall(0, 0x4_0015, GPA) == 0
     assert lines_of_last(p) == [
@@ -49,8 +46,8 @@ def test_ipi_ex_lines():
     assert (ev.code, ev.status, ev.fast) == (0x15, 0, False)
 
 
-def test_fast_ipi_lines():
-    p = partition()
+def test_fast_ipi_lines(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     assert p.hypercall(0, 0x1_000B, 0xFE, 0x4) == 0
     assert lines_of_last(p) == [
         STAMP0 + "kvm_hv_hypercall: code 0xb fast var_cnt 0x0 rep_cnt 0x0 idx 0x0 in 0xfe out 0x4",
@@ -59,8 +56,8 @@ def test_fast_ipi_lines():
     ]
 
 
-def test_flush_list_lines():
-    p = partition()
+def test_flush_list_lines(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     p.memory.write(GPA, q(0x1000, 0x2, 0x4, 0x40_0000_0000))
     assert p.hypercall(0, 0x1_0000_0003, GPA, 0x11000) == 1 << 32
     assert lines_of_last(p) == [
@@ -71,8 +68,8 @@ def test_flush_list_lines():
     ]
 
 
-def test_flush_ex_xmm_lines():
-    p = partition()
+def test_flush_ex_xmm_lines(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     assert p.hypercall(0, 0x1_0005_0014, 0, 0x2, q(0, 0x3, 0x4, 0x2, 0x40_0000_0000, 0)) == (
         1 << 32
     )
@@ -83,9 +80,9 @@ def test_flush_ex_xmm_lines():
     ]
 
 
-def test_tracepoint_fires_before_validation():
+def test_tracepoint_fires_before_validation(make_partition):
     """KVM fires the call's event after reading the header, before var_cnt/vector checks."""
-    p = partition()
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     p.memory.write(GPA, struct.pack("<IIQ", 0x0F, 0, 0x4))
     assert p.hypercall(0, 0x0B, GPA) == 3
     assert lines_of_last(p)[1:] == [
@@ -100,8 +97,8 @@ def test_tracepoint_fires_before_validation():
     assert p.events[-1].targets == ()
 
 
-def test_no_call_event_when_header_unreadable_or_denied():
-    p = partition()
+def test_no_call_event_when_header_unreadable_or_denied(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     assert p.hypercall(0, 0x0B, 1 << 20) == 3
     assert lines_of_last(p) == [
         STAMP0 + "kvm_hv_hypercall: code 0xb slow var_cnt 0x0 rep_cnt 0x0 idx 0x0 "
@@ -151,8 +148,8 @@ def test_format_event_stamp_from_a_hand_built_event():
     ]
 
 
-def test_event_json():
-    p = partition()
+def test_event_json(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     p.hypercall(0, 0x1_000B, 0xFE, 0x5)
     js = p.events[-1].to_json()
     assert js["vcpu"] == 0
@@ -164,8 +161,8 @@ def test_event_json():
     assert js["fault"] is None
 
 
-def test_events_in_order_and_can_be_disabled():
-    p = partition()
+def test_events_in_order_and_can_be_disabled(make_partition):
+    p = make_partition(vp_indexes=SELFTEST_LAYOUT)
     p.hypercall(0, 0x1_000B, 0xFE, 0x1)
     p.hypercall(1, 0x1_000B, 0xFD, 0x1)
     p.hypercall(2, 0xBEEF)

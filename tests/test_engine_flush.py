@@ -102,32 +102,19 @@ def test_list_ex_gva_list_follows_the_banks():
 # -- the per-vCPU queue ---------------------------------------------------------------------
 
 
-class DeferringPlatform:
-    """A VMM whose vCPUs are 'running': flushes stay queued until the test drains them."""
+@pytest.fixture
+def deferred(make_partition, make_platform):
+    """``deferred(n=3)``: a partition on a VMM whose vCPUs are 'running' (flushes stay queued
+    until the test drains them), its hypercall page at 0x2000, and that platform."""
 
-    def __init__(self) -> None:
-        self.flush_calls: list[tuple[int, tuple[int, ...]]] = []
-        self.ipi_calls: list[tuple[int, tuple[int, ...]]] = []
-        self.pages: list[tuple[int, int]] = []
+    def build(n: int = 3):
+        plat = make_platform(apply_flushes=False)
+        return make_partition(n, platform=plat, page_gpa=0x2000), plat
 
-    def deliver_ipi(self, vector: int, targets: Sequence[int]) -> None:
-        self.ipi_calls.append((vector, tuple(targets)))
-
-    def flush_tlbs(self, caller: int, targets: Sequence[int]) -> None:
-        self.flush_calls.append((caller, tuple(targets)))
-
-    def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
-        self.pages.append((vcpu, gpa))
+    return build
 
 
-def deferred(n: int = 3) -> tuple[Partition, DeferringPlatform]:
-    plat = DeferringPlatform()
-    p = Partition(n, platform=plat)
-    p.enable_hypercalls(page_gpa=0x2000)
-    return p, plat
-
-
-def test_platform_hooks_called_with_targets():
+def test_platform_hooks_called_with_targets(deferred):
     p, plat = deferred()
     assert plat.pages == [(0, 0x2000)]
     assert p.memory.read(0x2000, 4) == bytes(4)  # writing the stub is the platform's job
@@ -147,7 +134,7 @@ def test_platform_hooks_called_with_targets():
     assert len(plat.ipi_calls) == 1 and len(plat.flush_calls) == 1
 
 
-def test_queue_drains_entries_in_order():
+def test_queue_drains_entries_in_order(deferred):
     p, _ = deferred()
     list_call(p, 0x2, [0x1000, 0x2000])
     list_call(p, 0x2, [0x3002])
@@ -159,14 +146,14 @@ def test_queue_drains_entries_in_order():
     assert not v.flush_pending
 
 
-def test_queue_overflow_becomes_one_full_flush():
+def test_queue_overflow_becomes_one_full_flush(deferred):
     p, _ = deferred()
     list_call(p, 0x2, [0x1000 * (i + 1) for i in range(8)])
     list_call(p, 0x2, [0x10_0000 * (i + 1) for i in range(8)])  # 8 < 8 free slots: no
     assert p.vcpu(1).apply_flushes() == Flush(True, (), 0)
 
 
-def test_queue_fills_up_to_one_free_slot():
+def test_queue_fills_up_to_one_free_slot(deferred):
     p, _ = deferred()
     list_call(p, 0x2, [0x1000 * (i + 1) for i in range(7)])
     list_call(p, 0x2, [0x10_0000 * (i + 1) for i in range(8)])  # 15 queued, one slot free
@@ -175,7 +162,7 @@ def test_queue_fills_up_to_one_free_slot():
     assert len(flush.gvas) == 15
 
 
-def test_fifteen_entries_fit_sixteen_do_not():
+def test_fifteen_entries_fit_sixteen_do_not(deferred):
     p, _ = deferred()
     list_call(p, 0x2, [0x1000 * (i + 1) for i in range(15)])
     flush = p.vcpu(1).apply_flushes()
@@ -184,7 +171,7 @@ def test_fifteen_entries_fit_sixteen_do_not():
     assert p.vcpu(1).apply_flushes() == Flush(True, (), 0)
 
 
-def test_full_flush_absorbs_queued_entries_and_later_ones():
+def test_full_flush_absorbs_queued_entries_and_later_ones(deferred):
     p, _ = deferred()
     list_call(p, 0x2, [0x1000])
     space_call(p, 0x2, space=0x5000)

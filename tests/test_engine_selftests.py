@@ -135,13 +135,10 @@ EXTRA_FLUSH_ROWS = [
 ]
 
 
-def selftest_partition(strategy: str) -> Partition:
-    p = Partition(3, strategy=strategy)
-    # one atomic assignment: setting vCPU 1 to VP 2 first would momentarily duplicate vCPU 2's
-    # default index 2, which KVM tolerates and vpindex refuses
-    p.assign_vp_indexes({1: 2, 2: 65})
-    p.enable_hypercalls()
-    return p
+#: The selftest layout, assigned in one atomic step by ``make_partition``: setting vCPU 1 to VP
+#: 2 first would momentarily duplicate vCPU 2's default index 2, which KVM tolerates and vpindex
+#: refuses.
+SELFTEST_LAYOUT = {1: 2, 2: 65}
 
 
 def issue(p: Partition, row: Row) -> int:
@@ -156,16 +153,16 @@ STRATEGY_NAMES = list(STRATEGIES)
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_selftest_layout(strategy):
-    p = selftest_partition(strategy)
+def test_selftest_layout(strategy, make_partition):
+    p = make_partition(strategy=strategy, vp_indexes=SELFTEST_LAYOUT)
     assert [p.read_msr(v, 0x40000002) for v in range(3)] == [0, 2, 65]
     assert [p.vp_index_of(v) for v in range(3)] == list(SELFTEST_VP_INDEXES)
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 @pytest.mark.parametrize("row", IPI_ROWS + EXTRA_IPI_ROWS, ids=lambda r: r.name)
-def test_ipi(strategy, row):
-    p = selftest_partition(strategy)
+def test_ipi(strategy, row, make_partition):
+    p = make_partition(strategy=strategy, vp_indexes=SELFTEST_LAYOUT)
     for _ in range(2):  # twice: counts must add up exactly
         assert issue(p, row) == 0
     for vp, vcpu in HOLDER.items():
@@ -176,8 +173,8 @@ def test_ipi(strategy, row):
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 @pytest.mark.parametrize("row", FLUSH_ROWS + EXTRA_FLUSH_ROWS, ids=lambda r: r.name)
-def test_flush(strategy, row):
-    p = selftest_partition(strategy)
+def test_flush(strategy, row, make_partition):
+    p = make_partition(strategy=strategy, vp_indexes=SELFTEST_LAYOUT)
     code = row.rcx & 0xFFFF
     reps = (row.rcx >> 32) & 0xFFF
     is_list = code in (0x03, 0x14)
@@ -193,9 +190,9 @@ def test_flush(strategy, row):
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_all_selftest_rows_in_sequence_exact_totals(strategy):
+def test_all_selftest_rows_in_sequence_exact_totals(strategy, make_partition):
     """The whole hyperv_ipi and hyperv_tlb_flush sequences on one partition: exact totals."""
-    p = selftest_partition(strategy)
+    p = make_partition(strategy=strategy, vp_indexes=SELFTEST_LAYOUT)
     ipi_count = dict.fromkeys(HOLDER.values(), 0)
     flush_count = dict.fromkeys(HOLDER.values(), 0)
     for row in IPI_ROWS:
@@ -232,22 +229,17 @@ def _by_name(rows: list[Row]) -> dict[str, Row]:
     return {r.name: r for r in rows}
 
 
-def test_scenarios_module_matches_hand_built_ipi_rows():
-    scenarios = ipi_scenarios()
-    hand = _by_name(IPI_ROWS)
+def test_selftest_ipi_vector():
     assert IPI_VECTOR == 0xFE
-    assert sorted(sc.name for sc in scenarios) == sorted(hand)
-    for sc in scenarios:
-        row = hand[sc.name]
-        assert sc.call.control == row.rcx, sc.name
-        expect = EVERY if sc.expect is None else sc.expect
-        assert expect == row.targets, sc.name
-        _assert_same_input(sc.call, row)
 
 
-def test_scenarios_module_matches_hand_built_flush_rows():
-    scenarios = flush_scenarios()
-    hand = _by_name(FLUSH_ROWS)
+@pytest.mark.parametrize(
+    ("build", "rows"), [(ipi_scenarios, IPI_ROWS), (flush_scenarios, FLUSH_ROWS)],
+    ids=["ipi", "flush"],
+)  # fmt: skip
+def test_scenarios_module_matches_hand_built_rows(build, rows):
+    scenarios = build()
+    hand = _by_name(rows)
     assert sorted(sc.name for sc in scenarios) == sorted(hand)
     for sc in scenarios:
         row = hand[sc.name]
@@ -269,8 +261,8 @@ def _assert_same_input(encoded, row: Row) -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_scenarios_module_calls_reach_expected_vcpus(strategy):
-    p = selftest_partition(strategy)
+def test_scenarios_module_calls_reach_expected_vcpus(strategy, make_partition):
+    p = make_partition(strategy=strategy, vp_indexes=SELFTEST_LAYOUT)
     for sc in [*ipi_scenarios(), *flush_scenarios()]:
         before = [(len(p.vcpu(v).ipis), len(p.vcpu(v).flushes)) for v in range(3)]
         rcx, rdx, r8, xmm = sc.call.registers(GPA)

@@ -232,8 +232,8 @@ def test_regression_ipi_ex_zero_bank_words_still_check_the_vector() -> None:
 
 # -- host-side misuse --------------------------------------------------------------------------
 
-BAD_VP_VALUES = [-1, 4096, 1 << 64, 1.0, 2.5, "3", None, True, b"\x01"]
-BAD_VCPUS = [-1, 8, 1 << 64, 1.0, "0", None, False]
+BAD_VP_VALUES = [-1, 4096, 1 << 64, 1.0, 2.0, 2.5, "3", None, True, b"\x01"]
+BAD_VCPUS = [-1, 8, 1 << 64, 1.0, "0", None, False, True]
 
 
 def _state(p: Partition) -> tuple[object, ...]:
@@ -269,6 +269,7 @@ def test_bad_vp_index_rejected_naming_it_state_unchanged(strategy: str, value: o
     with pytest.raises(VpIndexError) as info:
         p.set_vp_index(1, value)  # type: ignore[arg-type]
     assert _named(info.value, value) and info.value.value == value
+    assert isinstance(info.value, ValueError)
     with pytest.raises(VpIndexError) as info:
         p.assign_vp_indexes({1: 9, 2: value})  # type: ignore[dict-item]
     assert _named(info.value, value)
@@ -379,21 +380,15 @@ def test_bad_partition_construction() -> None:
 # -- resource bounds ---------------------------------------------------------------------------
 
 
-def _enabled(n: int, **kw: object) -> Partition:
-    p = Partition(n, **kw)  # type: ignore[arg-type]
-    p.enable_hypercalls()
-    return p
-
-
 def _recording(p: Partition) -> RecordingMemory:
     mem = RecordingMemory(p.memory._buf)  # type: ignore[arg-type]
     p.memory = mem
     return mem
 
 
-def test_rep_4095_list_reads_no_entries_and_flushes_everything() -> None:
+def test_rep_4095_list_reads_no_entries_and_flushes_everything(make_partition) -> None:
     """rep count 4095 of 4096-page ranges: KVM's rule, no entry is read, one full flush."""
-    p = _enabled(4)
+    p = make_partition(4)
     header = struct.pack("<QQQ", 0, 1, 0)  # ALL_PROCESSORS
     p.memory.write(0x2000, header + struct.pack("<Q", 0xFFF) * 4095)
     mem = _recording(p)
@@ -419,8 +414,8 @@ def test_fifteen_ranges_of_4096_pages_become_a_full_flush() -> None:
         assert want.full and want.reps == 15
 
 
-def test_largest_list_still_expanded_is_bounded() -> None:
-    p = _enabled(2)
+def test_largest_list_still_expanded_is_bounded(make_partition) -> None:
+    p = make_partition(2)
     one = struct.pack("<QQQ", 0, 1, 0) + struct.pack("<Q", MAX_RECORDED_PAGES - 1)
     p.memory.write(0x2000, one)
     assert p.hypercall(0, 0x3 | 1 << 32, 0x2000) == 1 << 32
@@ -429,11 +424,11 @@ def test_largest_list_still_expanded_is_bounded() -> None:
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_64_banks_all_ones(strategy: str) -> None:
+def test_64_banks_all_ones(strategy: str, make_partition) -> None:
     """HV_VP_SET naming all 4096 VP indexes: a bounded read (16 + 512 bytes), every vCPU hit
     once; on a 4096-vCPU partition whose VP indexes are reversed too."""
     n = 4096 if strategy in ("adaptive", "dense", "sorted") else 512
-    p = _enabled(n, strategy=strategy, memory_size=1 << 16)
+    p = make_partition(n, strategy=strategy, memory_size=1 << 16)
     p.assign_vp_indexes({v: n - 1 - v for v in range(n)})
     p.memory.write(0x2000, struct.pack("<IIQQ", 0xFE, 0, 0, U64) + struct.pack("<Q", U64) * 64)
     mem = _recording(p)
@@ -442,31 +437,20 @@ def test_64_banks_all_ones(strategy: str) -> None:
     assert all(p.vcpu(v).ipis == [0xFE] for v in range(n))
 
 
-def test_var_count_1023_reads_a_bounded_view_and_fails() -> None:
-    p = _enabled(2)
+def test_var_count_1023_reads_a_bounded_view_and_fails(make_partition) -> None:
+    p = make_partition(2)
     mem = _recording(p)
     assert p.hypercall(0, 0x13 | 1023 << 17, 0x2000) == 3
     assert [length for _, length, _ in mem.requests] == [32 + 8 * 1023]
 
 
-class _StuckPlatform:
-    """A VMM whose target vCPUs never get to drain their flush queues (all descheduled)."""
-
-    def deliver_ipi(self, vector: int, targets: object) -> None:
-        pass
-
-    def flush_tlbs(self, caller: int, targets: object) -> None:
-        pass
-
-    def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
-        pass
-
-
-def test_repeated_flushes_into_a_full_queue_stay_bounded() -> None:
+def test_repeated_flushes_into_a_full_queue_stay_bounded(make_partition, make_platform) -> None:
     """10,000 LIST calls of 15 entries and SPACE calls onto vCPUs that never drain: the queue
     never holds more than FLUSH_QUEUE_SLOTS - 1 entries, collapses into one full flush, and
     draining it once yields exactly one full flush."""
-    p = _enabled(3, platform=_StuckPlatform(), log_events=False)
+    # a VMM whose target vCPUs never get to drain their flush queues (all descheduled)
+    stuck = make_platform(apply_flushes=False)
+    p = make_partition(3, platform=stuck, log_events=False)
     header = struct.pack("<QQQ", 0, 1, 0)
     p.memory.write(0x2000, header + struct.pack("<15Q", *range(0x1000, 0x10000, 0x1000)))
     p.memory.write(0x3000, header + struct.pack("<Q", 0x5000))
@@ -484,8 +468,8 @@ def test_repeated_flushes_into_a_full_queue_stay_bounded() -> None:
         assert len(p.vcpu(v).flushes) == 1
 
 
-def test_failed_calls_allocate_nothing_per_vcpu() -> None:
-    p = _enabled(3, log_events=False)
+def test_failed_calls_allocate_nothing_per_vcpu(make_partition) -> None:
+    p = make_partition(3, log_events=False)
     for rcx in (0x1, 0x2 | 1 << 27, 0x3, 0x13 | 5 << 17, 0xB | 1 << 32):
         for _ in range(100):
             assert p.hypercall(0, rcx, 0x2000) & 0xFFFF in {2, 3}
@@ -493,9 +477,9 @@ def test_failed_calls_allocate_nothing_per_vcpu() -> None:
     assert p.events == []
 
 
-def test_xmm_lengths() -> None:
+def test_xmm_lengths(make_partition) -> None:
     """XMM input of every length 0..96 is zero-padded; 97 is host misuse."""
-    p = _enabled(3)
+    p = make_partition(3)
     for length in range(97):
         xmm = bytes([0xFF]) * length
         rax = p.hypercall(0, 0x1_0013 | 1 << 17, 0x0, 0x0, xmm)
@@ -533,19 +517,15 @@ def test_fault_vectors_are_ud_or_gp() -> None:
 
 
 @pytest.mark.parametrize("pages", [4096, MAX_RECORDED_PAGES])
-def test_effect_records_are_bounded(pages: int) -> None:
+def test_effect_records_are_bounded(pages: int, make_partition, make_platform) -> None:
     """Finding 2 (fixed in 42811d9): hostile LIST flushes to all 16 vCPUs on a VMM platform
     retain at most one flush record per call, whatever the vCPU count (each target used to
     expand and keep its own page tuple: n x 144 KiB per call for 4096 pages)."""
     import gc
     import tracemalloc
 
-    from vpindex.fuzz.oracle import RecordingPlatform
-
-    platform = RecordingPlatform()
-    p = Partition(16, platform=platform, log_events=False)
-    platform.partition = p
-    p.enable_hypercalls()
+    platform = make_platform()
+    p = make_partition(16, platform=platform, log_events=False)
     p.memory.write(0x2000, struct.pack("<QQQQ", 0, 1, 0, pages - 1))
     calls = 30
     gc.collect()
@@ -554,7 +534,8 @@ def test_effect_records_are_bounded(pages: int) -> None:
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(calls):
             assert p.hypercall(0, 0x3 | 1 << 32, 0x2000) == 1 << 32
-        platform.flushes.clear()
+        platform.flush_calls.clear()
+        platform.take()
         gc.collect()
         retained = tracemalloc.get_traced_memory()[0] - before
     finally:

@@ -270,38 +270,6 @@ def test_the_stress_catches_a_torn_map() -> None:
 # -- engine level ------------------------------------------------------------------------------
 
 
-class ThreadRecordingPlatform:
-    """Records each delivery on the thread that served the call (the caller's vCPU thread),
-    and applies flushes on the targets as a VMM would before they re-enter the guest."""
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-        self.partition: Partition | None = None
-
-    def take(self) -> list[tuple[str, int, tuple[int, ...]]]:
-        out: list[tuple[str, int, tuple[int, ...]]] = getattr(self.local, "log", [])
-        self.local.log = []
-        return out
-
-    def _log(self) -> list[tuple[str, int, tuple[int, ...]]]:
-        if not hasattr(self.local, "log"):
-            self.local.log = []
-        log: list[tuple[str, int, tuple[int, ...]]] = self.local.log
-        return log
-
-    def deliver_ipi(self, vector: int, targets: Sequence[int]) -> None:
-        self._log().append(("ipi", vector, tuple(targets)))
-
-    def flush_tlbs(self, caller: int, targets: Sequence[int]) -> None:
-        self._log().append(("flush", caller, tuple(targets)))
-        assert self.partition is not None
-        for t in targets:
-            self.partition.vcpu(t).apply_flushes()
-
-    def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
-        pass
-
-
 def _encode(rng: random.Random, s: VpSet, vector: int) -> tuple[str, int, int, int, bytes | None]:
     """(kind, rcx, rdx, r8, xmm) for a fast call naming ``s``: non-Ex IPI when every member is
     below 64, else SEND_IPI_EX or FLUSH_SPACE_EX with the set in XMM (at most 11 banks)."""
@@ -320,12 +288,12 @@ def _encode(rng: random.Random, s: VpSet, vector: int) -> tuple[str, int, int, i
     return "flush", 0x1_0013 | var, 0, 0, xmm
 
 
-def test_engine_ipis_follow_the_vp_index_under_swaps() -> None:
+def test_engine_ipis_follow_the_vp_index_under_swaps(make_partition, make_platform) -> None:
     rng = random.Random("engine")
-    platform = ThreadRecordingPlatform()
-    p = Partition(N_VCPUS, platform=platform, log_events=False)
-    platform.partition = p
-    p.enable_hypercalls()
+    # records each delivery on the thread that served the call (the caller's vCPU thread) and
+    # applies flushes on the targets as a VMM would before they re-enter the guest
+    platform = make_platform(history=False)
+    p = make_partition(N_VCPUS, platform=platform, log_events=False)
     start = tuple(rng.sample(UNIVERSE, N_VCPUS))
     p.assign_vp_indexes(dict(enumerate(start)))
     history = [start]

@@ -1,5 +1,6 @@
 """The VP-index swap stress on real KVM: a guest vCPU sends PV IPIs while the VMM keeps swapping
-the receivers' VP indexes (needs a usable /dev/kvm; skipped with the reason otherwise).
+the receivers' VP indexes (needs a usable /dev/kvm; tests/kvm/conftest.py skips with the reason
+otherwise).
 
 Layout: vCPU 0 sends (VP 0); receivers vCPU 1-5 hold VP indexes 2, 65, 130, 200 and 4000 (four
 banks). While the guest runs, a VMM thread swaps VP indexes within the pairs {vCPU 1, vCPU 2}
@@ -29,24 +30,12 @@ from dataclasses import dataclass
 import pytest
 
 from vpindex.abi import HvCallCode, VpSet
-from vpindex.backends.kvm import unusable_reason
-
-pytestmark = pytest.mark.kvm
-_REASON = unusable_reason()
-if _REASON is not None:
-    pytest.skip(f"KVM unusable: {_REASON}", allow_module_level=True)
-
-from vpindex.backends.kvm.guests.suite_layout import CASE, Case, Kind  # noqa: E402
-from vpindex.backends.kvm.suite_machine import (  # noqa: E402
-    CaseSpec,
-    SenderPlan,
-    SuiteMachine,
-    expected_rax,
-)
-from vpindex.backends.report import CaseResult  # noqa: E402
-from vpindex.backends.scenarios import IPI_VECTOR  # noqa: E402
-from vpindex.engine import HypercallEvent  # noqa: E402
-from vpindex.guest import encode_call  # noqa: E402
+from vpindex.backends.kvm.guests.suite_layout import CASE, Case, Kind
+from vpindex.backends.kvm.suite_machine import CaseSpec, SenderPlan, SuiteMachine, expected_rax
+from vpindex.backends.report import CaseResult
+from vpindex.backends.scenarios import IPI_VECTOR
+from vpindex.engine import HypercallEvent
+from vpindex.guest import encode_call
 
 VPS = [0, 2, 65, 130, 200, 4000]
 PAIRS = [(1, 2), (3, 4)]
@@ -59,6 +48,13 @@ SETS = {
 ITERATIONS = int(os.environ.get("VPINDEX_KVM_STRESS_ITERATIONS", "0")) or (
     2000 if os.environ.get("VPINDEX_STRESS", "") not in ("", "0") else 150
 )
+
+
+def _wait_for_boot(sm: SuiteMachine, stop: threading.Event) -> None:
+    """Receivers count interrupts under the VP index they read at boot: swapping starts only
+    once every vCPU has booted (or the run is over)."""
+    while not stop.is_set() and not all(sm.percpu(i).ready for i in range(len(VPS))):
+        time.sleep(0.001)
 
 
 @dataclass
@@ -99,10 +95,7 @@ def run_swap_stress(pairs: list[tuple[int, int]], sets: dict[str, tuple[set[int]
 
         def swapper() -> None:
             rng = random.Random(7)
-            # Receivers count interrupts under the VP index they read at boot: start swapping
-            # only once every vCPU has booted.
-            while not stop.is_set() and not all(sm.percpu(i).ready for i in range(len(VPS))):
-                time.sleep(0.001)
+            _wait_for_boot(sm, stop)
             while not stop.is_set():
                 a, b = pairs[rng.randrange(len(pairs))]
                 try:
@@ -191,8 +184,7 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
 
         def swapper() -> None:
             rng = random.Random(11)
-            while not stop.is_set() and not all(sm.percpu(i).ready for i in range(len(VPS))):
-                time.sleep(0.001)
+            _wait_for_boot(sm, stop)
             while not stop.is_set():
                 a, b = rng.sample(range(1, len(VPS)), 2)
                 cur = list(history[-1][2])
