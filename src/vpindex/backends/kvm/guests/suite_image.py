@@ -273,6 +273,27 @@ class _Sender:
         a.op(C.JMP_REL32_64, top)
         a.bind(end)
 
+    def skip_untargeted(self, nxt: Label) -> None:
+        """Inside a watch loop: go to ``nxt`` unless this case targets watched vCPU RCX."""
+        a = self.a
+        a.op(C.MOVZX_R32_RM8, EAX, mem(RDI, index=RCX))
+        a.op(C.TEST_RM32_R32, EAX, EAX)
+        a.op(C.JE_REL32_64, nxt)
+
+    def percpu_of_watched(self) -> None:
+        """Inside a watch loop, with R9 = Config.watch_cpu: RAX = that vCPU's PerCpu offset
+        from Map.PERCPU."""
+        self.a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
+
+    def return_flag(self, no: Label) -> None:
+        """Return RAX = 1 here, RAX = 0 from ``no``."""
+        a = self.a
+        a.op(C.MOV_R32_IMM32, EAX, 1)
+        a.op(C.RETNQ)
+        a.bind(no)
+        a.op(C.XOR_R32_RM32, EAX, EAX)
+        a.op(C.RETNQ)
+
     def emit(self, main: Label) -> None:
         self._main(main)
         self._subroutines()
@@ -300,7 +321,7 @@ class _Sender:
         a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_cpu))
         top, nxt, end = self.loop_watch("ready")
         spin = a.here("ready_spin")
-        a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
+        self.percpu_of_watched()
         a.op(C.CMP_RM64_IMM8, mem(RAX, Map.PERCPU + PERCPU.ready), 0)
         a.op(C.JNE_REL32_64, nxt)
         a.op(C.PAUSE)
@@ -451,11 +472,7 @@ class _Sender:
         a.op(C.CMP_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
         a.op(C.JB_REL32_64, no)
         self.end_loop(top, nxt, end)
-        a.op(C.MOV_R32_IMM32, EAX, 1)
-        a.op(C.RETNQ)
-        a.bind(no)
-        a.op(C.XOR_R32_RM32, EAX, EAX)
-        a.op(C.RETNQ)
+        self.return_flag(no)
 
         # Publish a fresh expectation (GEN << 8 | CUR_BYTE) to the targeted workers, remember
         # their read counts, and wait until each made MIN_READS checked reads.
@@ -468,10 +485,8 @@ class _Sender:
         a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_cpu))
         a.op(C.MOV_R64_RM64, RDX, mem(RBP, CONFIG.scratch))
         top, nxt, end = self.loop_watch("publish")
-        a.op(C.MOVZX_R32_RM8, EAX, mem(RDI, index=RCX))
-        a.op(C.TEST_RM32_R32, EAX, EAX)
-        a.op(C.JE_REL32_64, nxt)
-        a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
+        self.skip_untargeted(nxt)
+        self.percpu_of_watched()
         a.op(C.MOV_R64_RM64, RAX, mem(RAX, Map.PERCPU + PERCPU.checked))
         a.op(C.MOV_RM64_R64, mem(RDX, index=RCX, scale=8), RAX)
         a.op(C.MOV_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
@@ -486,20 +501,14 @@ class _Sender:
         a.op(C.MOV_R64_RM64, RDX, mem(RBP, CONFIG.scratch))
         no = a.label("reads_reached_no")
         top, nxt, end = self.loop_watch("reads")
-        a.op(C.MOVZX_R32_RM8, EAX, mem(RDI, index=RCX))
-        a.op(C.TEST_RM32_R32, EAX, EAX)
-        a.op(C.JE_REL32_64, nxt)
+        self.skip_untargeted(nxt)
         a.op(C.MOV_R64_RM64, RBX, mem(RDX, index=RCX, scale=8))
         a.op(C.ADD_R64_RM64, RBX, mem(RBP, CONFIG.min_reads))
-        a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
+        self.percpu_of_watched()
         a.op(C.CMP_R64_RM64, RBX, mem(RAX, Map.PERCPU + PERCPU.checked))
         a.op(C.JA_REL32_64, no)
         self.end_loop(top, nxt, end)
-        a.op(C.MOV_R32_IMM32, EAX, 1)
-        a.op(C.RETNQ)
-        a.bind(no)
-        a.op(C.XOR_R32_RM32, EAX, EAX)
-        a.op(C.RETNQ)
+        self.return_flag(no)
 
         # RESULT.stale_sum / CHECKED_SUM = totals over the watched vCPUs
         a.bind(sub["sub_sum_workers"])
@@ -507,7 +516,7 @@ class _Sender:
         a.op(C.XOR_R32_RM32, EBX, EBX)
         a.op(C.XOR_R32_RM32, EDX, EDX)
         top, nxt, end = self.loop_watch("sum")
-        a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
+        self.percpu_of_watched()
         a.op(C.ADD_R64_RM64, RBX, mem(RAX, Map.PERCPU + PERCPU.stale))
         a.op(C.ADD_R64_RM64, RDX, mem(RAX, Map.PERCPU + PERCPU.checked))
         self.end_loop(top, nxt, end)
