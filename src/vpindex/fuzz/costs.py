@@ -17,6 +17,7 @@ import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vpindex.backends.scenarios import IPI_VECTOR
 from vpindex.engine import MAX_RECORDED_PAGES, Partition
 from vpindex.fuzz.oracle import RecordingMemory, RecordingPlatform
 
@@ -43,7 +44,7 @@ WORST_CASES: tuple[Worst, ...] = (
     Worst(
         "ipi-ex 64 banks all-ones",
         0x15 | 64 << 17,
-        struct.pack("<II", 0xFE, 0) + _banks_all_ones(),
+        struct.pack("<II", IPI_VECTOR, 0) + _banks_all_ones(),
     ),
     Worst(
         "flush-list-ex 64 banks + 15x4096 pages",

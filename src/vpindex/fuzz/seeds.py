@@ -20,7 +20,7 @@ from vpindex.abi import (
     VpSet,
     encode_gva_list,
 )
-from vpindex.backends.scenarios import flush_scenarios, ipi_scenarios
+from vpindex.backends.scenarios import IPI_VECTOR, flush_scenarios, ipi_scenarios
 from vpindex.fuzz import CORPUS_DIR
 from vpindex.fuzz.oracle import MEMORY_SIZE, Case
 
@@ -82,7 +82,7 @@ def _hypercall_seeds() -> dict[str, bytes]:
         else:
             out[name] = replace(base, rcx=c.control, rdx=c.rdx, r8=c.r8, xmm=c.xmm)
     ex = HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX
-    every = SendIpiExInput(0xFE, 0, _SETS["every-vp"]).encode()
+    every = SendIpiExInput(IPI_VECTOR, 0, _SETS["every-vp"]).encode()
     out["ipi-ex-64-banks"] = replace(
         base, rcx=Control(ex, var_header_qwords=64).encode(), rdx=0x2000, payload=every,
         payload_gpa=0x2000,
@@ -145,12 +145,12 @@ def build_seeds() -> dict[str, dict[str, bytes]]:
             "short-set": bytes(16) + struct.pack("<QQ", 0, 1),
         },
         "ipi": {
-            "to-vp2": SendIpiInput(0xFE, 0, 4).encode(),
+            "to-vp2": SendIpiInput(IPI_VECTOR, 0, 4).encode(),
             "vector-0xf": SendIpiInput(0xF, 0, 4).encode(),
             "short": bytes(15),
         },
         "ipi_ex": {
-            **{name: SendIpiExInput(0xFE, 0, s).encode() for name, s in sets.items()},
+            **{name: SendIpiExInput(IPI_VECTOR, 0, s).encode() for name, s in sets.items()},
             "bad-vector-empty": SendIpiExInput(0x1, 0, sets["empty"]).encode(),
         },
         "gva": _gva_seeds(),
