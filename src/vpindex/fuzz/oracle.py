@@ -15,9 +15,10 @@ and the bytes the guest put in its memory. :func:`check_case` serves it on a fre
 3. a failed or faulting call changes no vCPU: no IPI, no flush applied or queued, nothing
    delivered through the platform;
 4. the outcome equals the one :func:`expected_outcome` computes, an independent model of the
-   rules in reference/kvm-hyperv.md section 8 written from the specification, not from the
-   engine: same status (or fault), and on success exactly the expected vCPUs get exactly one
-   IPI (with the vector) or one flush (full, or the expected pages).
+   rules of KVM's kvm_hv_hypercall() (arch/x86/kvm/hyperv.c, Linux 6.16) written from the
+   specification, not from the engine: same status (or fault), and on success exactly the
+   expected vCPUs get exactly one IPI (with the vector) or one flush (full, or the expected
+   pages).
 
 Pure Python, stdlib plus vpindex; no atheris or hypothesis import here.
 """
@@ -334,7 +335,7 @@ def expected_outcome(
     xmm: bytes,
     memory: bytes,
 ) -> Expected:
-    """The outcome the TLFS and KVM (reference/kvm-hyperv.md sections 3-8) prescribe, with
+    """The outcome the TLFS and KVM (arch/x86/kvm/hyperv.c, Linux 6.16) prescribe, with
     vpindex's documented choices (ALL_PROCESSORS honoured on Ex flushes; 8-byte alignment of
     the input GPA -> 4). ``xmm`` is the 96 bytes of XMM0-XMM5; ``memory`` all guest memory."""
     if not enabled:

@@ -1,6 +1,7 @@
 """Build the checked-in seed corpus: ``python -m vpindex.fuzz seeds [DIR]`` (default: the
-package's ``corpus/``). Seeds are the KVM selftest calls (reference/kvm-selftests.md), the
-TLFS's layouts at their edges, and the hostile inputs the hardening tests use."""
+package's ``corpus/``). Seeds are the KVM selftest calls (Linux
+tools/testing/selftests/kvm/x86/hyperv_ipi.c and hyperv_tlb_flush.c), the TLFS's layouts at
+their edges, and the hostile inputs the hardening tests use."""
 
 from __future__ import annotations
 

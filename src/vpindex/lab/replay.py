@@ -1,7 +1,7 @@
 """Replaying KVM tracepoint text (``trace-cmd report`` or ``perf script``) through the
 VP-index strategies.
 
-Events read (reference/kvm-hyperv.md section 9), in both field layouts:
+Events read (KVM's tracepoints in arch/x86/kvm/trace.h), in both field layouts:
 
 * ``kvm_hv_hypercall``: ``code 0x.. fast|slow var_cnt 0x.. rep_cnt 0x.. idx 0x.. in 0x.. out
   0x..``; before the Dec 2021 VARHEAD series there was no ``var_cnt`` and ``rep_cnt`` was
