@@ -150,16 +150,18 @@ class FlushMailbox:
 
 class RemoteFlush:
     """The protocol over every vCPU's mailbox (``mailboxes[i]`` is vCPU i's). ``stopping`` is
-    set when the machine is being torn down: waiting callers then return at once."""
+    set when the machine is being torn down: waiting callers then return at once. A target
+    that has not confirmed within ``wait_s`` seconds fails the caller's hypercall."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wait_s: float = _FLUSH_WAIT_S) -> None:
         self.mailboxes: list[FlushMailbox] = []
         self.stopping = False
+        self.wait_s = wait_s
 
     def flush(self, caller: int, targets: Sequence[int]) -> None:
         """Kick every target but the caller and wait until each has flushed; the caller's own
         flush is done here, in its thread, before it re-enters the guest. Raises GuestTimeout
-        when a target does not respond within 10 s."""
+        when a target does not respond within ``wait_s``."""
         boxes = self.mailboxes
         others = [t for t in targets if t != caller]
         latch = FlushLatch(len(others))
@@ -168,7 +170,7 @@ class RemoteFlush:
         me = boxes[caller]
         if caller in targets:
             me.flush_now()
-        deadline = time.monotonic() + _FLUSH_WAIT_S
+        deadline = time.monotonic() + self.wait_s
         me.waiting = latch
         try:
             while True:
@@ -178,7 +180,7 @@ class RemoteFlush:
                 if time.monotonic() > deadline:
                     raise GuestTimeout(
                         f"vCPU {caller}: {latch.remaining} flush target(s) did not respond "
-                        f"within {_FLUSH_WAIT_S} s"
+                        f"within {self.wait_s} s"
                     )
         finally:
             me.waiting = None
