@@ -32,7 +32,7 @@ Everything here is O(1) per call, so a snapshot can ask the model while it is bu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, floor
+from math import ceil
 from typing import Final
 
 __all__ = [
@@ -167,15 +167,17 @@ class CostModel:
         """
         out = [NEVER, NEVER]
         for k in range(2, PEEL_LIMIT + 1):
+            # peeling k members of a w-bit set costs fixed + per_bit w; walking them, target
+            fixed = self.peel_fixed + self.peel_per_member * k
             per_bit = self.peel_per_bit + self.peel_per_member_bit * k
-            need = walk_cost + (self.walk_per_member - self.peel_per_member) * k - self.peel_fixed
+            target = walk_cost + self.walk_per_member * k
             if per_bit <= 0:
-                w = 0 if need <= 0 else NEVER
+                w = 0 if fixed >= target else NEVER
             else:
-                w = max(0, floor(need / per_bit))
-                while w > 0 and self.lookup_cost(k, w - 1) >= walk_cost + self.walk_per_member * k:
+                w = max(0, ceil((target - fixed) / per_bit))
+                if w > 0 and fixed + per_bit * (w - 1) >= target:  # rounding of the division
                     w -= 1
-                while self.lookup_cost(k, w) < walk_cost + self.walk_per_member * k:
+                elif fixed + per_bit * w < target:
                     w += 1
             out.append(w)
         return tuple(out)
