@@ -286,6 +286,9 @@ def calibrate(
     write: Annotated[
         bool, typer.Option(help="Regenerate the fitted block of vpindex/vpmap/costs.py.")
     ] = False,
+    crossover: Annotated[
+        bool, typer.Option(help="Also measure where walking overtakes lookup (~1 min).")
+    ] = False,
 ) -> None:
     """Refit the adaptive map's cost model on this machine (CPU-time clock, ~20 s): print
     each constant now and as fitted, and what both models decide for the maps of
@@ -304,6 +307,10 @@ def calibrate(
     )
     for line in cal.report_lines(fit):
         typer.echo(line)
+    if crossover:
+        typer.echo("")
+        for line in cal.crossover_lines(fit.model, repeat=repeat, target_ns=int(sample_ms * 1e6)):
+            typer.echo(line)
     path = Path(costs.__file__)
     if write:
         cal.write_model(fit.model, path)

