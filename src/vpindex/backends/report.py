@@ -5,10 +5,13 @@ The CLI renders a :class:`RunReport` as a table or, with ``--json``, as :meth:`R
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CaseResult", "RunReport", "percentiles"]
+from vpindex.abi import CODE_MASK, HvCallCode, HvStatus, result_status
+
+__all__ = ["CallMix", "CaseResult", "RunReport", "percentiles"]
 
 
 @dataclass
@@ -70,6 +73,44 @@ class RunReport:
         }
         out.update(self.extra)
         return out
+
+
+@dataclass
+class CallMix:
+    """How many calls a run issued, by call code, by encoding (``ipi/ex/xmm`` ...) and by the
+    status they returned: the summary every backend reports (``by_code``, ``by_encoding``,
+    ``statuses`` in :attr:`RunReport.extra`)."""
+
+    by_code: Counter[str] = field(default_factory=Counter)
+    by_encoding: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    def add(self, control: int, encoding: str, rax: int, count: int = 1) -> None:
+        """``count`` calls with control word ``control`` in ``encoding`` returned ``rax``."""
+        if count <= 0:
+            return
+        code = control & CODE_MASK
+        try:
+            name = HvCallCode(code).name
+        except ValueError:
+            name = f"0x{code:04x}"
+        self.by_code[name] += count
+        self.by_encoding[encoding] += count
+        self.statuses[HvStatus.describe(result_status(rax))] += count
+
+    def update(self, other: CallMix) -> None:
+        """Add ``other``'s counts to these."""
+        self.by_code.update(other.by_code)
+        self.by_encoding.update(other.by_encoding)
+        self.statuses.update(other.statuses)
+
+    def to_extra(self) -> dict[str, dict[str, int]]:
+        """The three tables, sorted, for :attr:`RunReport.extra`."""
+        return {
+            "by_code": dict(sorted(self.by_code.items())),
+            "by_encoding": dict(sorted(self.by_encoding.items())),
+            "statuses": dict(sorted(self.statuses.items())),
+        }
 
 
 def percentiles(samples_us: list[float]) -> dict[str, float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ from vpindex.abi import (
     result_status,
 )
 from vpindex.abi.msr import HV_X64_MSR_VP_INDEX
-from vpindex.backends.report import CaseResult, RunReport, percentiles
+from vpindex.backends.report import CallMix, CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, Scenario, flush_scenarios, ipi_scenarios
 from vpindex.defaults import (
     DEFAULT_STRATEGY,
@@ -223,8 +222,7 @@ def run_sim(opts: SimOptions) -> RunReport:
     per_encoding: dict[str, list[int]] = {}
     latencies: list[float] = []
     targets_hit = 0
-    statuses: Counter[str] = Counter()
-    by_code: Counter[str] = Counter()
+    mix = CallMix()
     t_start = time.perf_counter()
     for i in range(opts.calls):
         caller = i % n
@@ -251,8 +249,7 @@ def run_sim(opts: SimOptions) -> RunReport:
         t0 = time.perf_counter_ns()
         rax = _issue(p, caller, call)
         latencies.append((time.perf_counter_ns() - t0) / 1000)
-        statuses[HvStatus.describe(result_status(rax))] += 1
-        by_code[HvCallCode(call.control & CODE_MASK).name] += 1
+        mix.add(call.control, call.name, rax)
         want = tuple(sorted(holder[vp] for vp in targets))
         targets_hit += len(want)
         got = p.events[-1].targets if p.log_events else want
@@ -283,10 +280,8 @@ def run_sim(opts: SimOptions) -> RunReport:
         "mapping": opts.mapping if not opts.vp_indexes else "explicit",
         "workload": opts.workload,
         "calls_per_s": round(opts.calls / elapsed, 1) if elapsed > 0 else 0.0,
-        "by_code": dict(by_code),
-        "by_encoding": {name: count for name, (count, _) in sorted(per_encoding.items())},
+        **mix.to_extra(),
         "targets_hit": targets_hit,
-        "statuses": dict(statuses),
     }
     if opts.trace_out is not None:
         from vpindex.engine import format_event

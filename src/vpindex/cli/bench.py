@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -46,49 +47,72 @@ def _names(text: str | None, allowed: tuple[str, ...], option: str) -> tuple[str
     return out
 
 
+#: Strategy names in column headers are cut to this width (a legend names them in full).
+_HEADER_WIDTH = 6
+
+
+def _short_name(strategy: str) -> str:
+    return strategy if len(strategy) <= _HEADER_WIDTH else strategy[: _HEADER_WIDTH - 1] + "."
+
+
+def _compact_ns(ns: float) -> str:
+    return format_ns(ns).replace(" ", "")
+
+
+def _ratio(ratio: float) -> str:
+    if ratio >= 100:
+        return f"×{ratio:.0f}"
+    return f"×{ratio:.1f}" if ratio >= 10 else f"×{ratio:.2f}"
+
+
+def _table() -> Table:
+    """Tables that fit 80 columns: a rule under the header, two spaces between columns."""
+    return Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True
+    )
+
+
 def _render_op(
     console: Console, op: str, results: list[CellResult], strategies: tuple[str, ...]
 ) -> None:
-    groups: dict[tuple[str, int, str, str], dict[str, CellResult]] = defaultdict(dict)
+    """One table per op and encoding: a row per (mapping, N, targets); the fastest strategy's
+    median time per call (★) and every other strategy's ratio to it."""
+    by_variant: dict[str, dict[tuple[str, int, str], dict[str, CellResult]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
     for r in results:
         c = r.cell
-        groups[(c.mapping, c.n, c.targets, c.variant)][c.strategy] = r
-    table = Table(
-        title=f"{op}: median time per call, and ratio to the best (★) of each row",
-        header_style="bold",
-    )
-    table.add_column("mapping")
-    table.add_column("N", justify="right")
-    if op in ("resolve", "hypercall"):
-        table.add_column("targets", justify="right")
-    if op in ("hypercall", "update"):
-        table.add_column("variant")
-    for s in strategies:
-        table.add_column(s, justify="right")
-    for (mapping, n, targets, variant), row in groups.items():
-        k = next(iter(row.values())).cell.k
-        cells = [mapping, str(n)]
+        by_variant[c.variant][(c.mapping, c.n, c.targets)][c.strategy] = r
+    for variant, groups in by_variant.items():
+        console.print()
+        console.print(f"[bold]{op}[/]{' ' + variant if variant else ''}: time per call")
+        table = _table()
+        table.add_column("mapping")
+        table.add_column("N", justify="right")
         if op in ("resolve", "hypercall"):
-            cells.append(f"{targets} ({k})")
-        if op in ("hypercall", "update"):
-            cells.append(variant)
+            table.add_column("targets", justify="right")
         for s in strategies:
-            got = row.get(s)
-            if got is None:
-                cells.append("")
-                continue
-            text = f"{format_ns(got.timing.median)} ×{got.ratio:.2f}"
-            if got.best:
-                text = f"[bold green]★ {format_ns(got.timing.median)}[/]"
-            elif s == "adaptive" and got.ratio > ADAPTIVE_TOLERANCE:
-                text = f"[bold red]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    console.print(table)
+            table.add_column(_short_name(s), justify="right")
+        for (mapping, n, targets), row in groups.items():
+            cells = [mapping, str(n)]
+            if op in ("resolve", "hypercall"):
+                cells.append(targets)
+            for s in strategies:
+                got = row.get(s)
+                if got is None:
+                    cells.append("")
+                elif got.best:
+                    cells.append(f"[bold green]★{_compact_ns(got.timing.median)}[/]")
+                elif s == "adaptive" and got.ratio > ADAPTIVE_TOLERANCE:
+                    cells.append(f"[bold red]{_ratio(got.ratio)}[/]")
+                else:
+                    cells.append(_ratio(got.ratio))
+            table.add_row(*cells)
+        console.print(table)
 
 
 def render_sweep(console: Console, sweep: SweepResult) -> None:
-    """Tables per op, the memory table and the goals."""
+    """Tables per op, the memory table and the goals, each within 80 columns, and a legend."""
     strategies = sweep.config.strategies
     by_op: dict[str, list[CellResult]] = defaultdict(list)
     for r in sweep.results:
@@ -96,25 +120,38 @@ def render_sweep(console: Console, sweep: SweepResult) -> None:
     for op in OPS:
         if by_op.get(op):
             _render_op(console, op, by_op[op], strategies)
-    mem = Table(title="memory: nbytes() per map (max_vp_index 4096)", header_style="bold")
+    console.print()
+    console.print(
+        f"[bold]memory[/]: nbytes() per map in KiB (max_vp_index {sweep.config.max_vp_index})"
+    )
+    mem = _table()
     mem.add_column("mapping")
     mem.add_column("N", justify="right")
     for s in strategies:
-        mem.add_column(s, justify="right")
+        mem.add_column(_short_name(s), justify="right")
     rows: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
     for m in sweep.memory:
         rows[(m.mapping, m.n)][m.strategy] = m.nbytes
     for (mapping, n), values in rows.items():
-        mem.add_row(mapping, str(n), *(f"{values.get(s, 0):,}" for s in strategies))
+        mem.add_row(mapping, str(n), *(f"{values.get(s, 0) / 1024:,.1f}" for s in strategies))
     console.print(mem)
-    goals = Table(title="goals (issue 6)", header_style="bold")
-    goals.add_column("goal")
-    goals.add_column("verdict")
-    goals.add_column("measured", overflow="fold")
+    console.print()
+    console.print("[bold]goals[/]")
+    goals = _table()
+    goals.add_column("goal", ratio=2, overflow="fold")
+    goals.add_column("verdict", no_wrap=True)
+    goals.add_column("measured", ratio=3, overflow="fold")
     for g in evaluate_goals(sweep):
         verdict = {True: "[green]met[/]", False: "[bold red]not met[/]", None: "n/a"}[g.met]
         goals.add_row(g.name, verdict, g.detail)
     console.print(goals)
+    cut = [f"{_short_name(s)} = {s}" for s in strategies if _short_name(s) != s]
+    console.print(
+        "★: the fastest strategy of the row and its median time per call; ×r: a strategy's "
+        f"median / the fastest's (red: adaptive more than {ADAPTIVE_TOLERANCE:g}× behind)"
+        + (f"; {', '.join(cut)}" if cut else "")
+        + "."
+    )
     console.print(
         f"{len(sweep.results)} cells in {sweep.elapsed_s:.0f} s ({sweep.rechecked} noisy rows "
         f"re-measured); repeat {sweep.config.repeat}, clock {clock_name()}, "
@@ -199,7 +236,7 @@ def bench(
     quiet: Annotated[bool, typer.Option(help="No tables (with --json/--plot).")] = False,
 ) -> None:
     """Time the VP-index strategies per op, mapping, N and target count; print the ratio of
-    each to the best, memory per map, and the issue-6 goals.
+    each to the best, memory per map, and the benchmark's goals.
 
     `vpindex bench calibrate` refits the adaptive map's cost model instead."""
     if ctx.invoked_subcommand is not None:

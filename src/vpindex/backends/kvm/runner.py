@@ -13,11 +13,12 @@ from vpindex.backends.kvm.suite_machine import (
     SenderPlan,
     SuiteMachine,
     bare_case,
+    call_mix,
     expected_rax,
     flush_cases,
     ipi_cases,
 )
-from vpindex.backends.report import CaseResult, RunReport, percentiles
+from vpindex.backends.report import CallMix, CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, flush_scenarios
 
 __all__ = ["default_vp_indexes", "run_flush", "run_ipi", "run_suite_impl", "run_vpindex"]
@@ -64,10 +65,8 @@ def run_ipi(
     )
     try:
         sm.run(timeout)
-        results = [
-            c if c.name.startswith(HALTED_PREFIX) else _prefixed("ipi/", c)
-            for c in sm.case_results(plan)
-        ]
+        raw = sm.case_results(plan)
+        results = [c if c.name.startswith(HALTED_PREFIX) else _prefixed("ipi/", c) for c in raw]
         # Cross-check the guest's counts against the engine's record of deliveries.
         engine_ipis = {i: len(sm.machine.partition.vcpu(i).ipis) for i in range(vcpus)}
         expected = {i: iterations * sum(1 for c in cases if i in c.targets) for i in range(vcpus)}
@@ -76,6 +75,7 @@ def run_ipi(
             {"delivered": engine_ipis, "expected": expected},
         ))  # fmt: skip
         extra = _machine_figures(sm)
+        extra["mix"] = call_mix(plan, raw)
         return results, extra
     finally:
         sm.close()
@@ -109,8 +109,10 @@ def run_flush(
     )
     try:
         sm.run(timeout)
-        results = [_prefixed("flush/", c) for c in sm.case_results(plan)]
-        return results, _machine_figures(sm)
+        raw = sm.case_results(plan)
+        figures = _machine_figures(sm)
+        figures["mix"] = call_mix(plan, raw)
+        return [_prefixed("flush/", c) for c in raw], figures
     finally:
         sm.close()
 
@@ -192,6 +194,8 @@ def run_suite_impl(
     pools: dict[str, list[float]] = {
         "ipi": [], "flush": [], "flush_to_halted": [], "bare_exit": []
     }  # fmt: skip
+    mix = CallMix()
+    busy_s = 0.0  # VM run time of the scenarios that issue the counted calls
     for name in chosen:
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -205,6 +209,10 @@ def run_suite_impl(
         else:
             cases, figures = run_vpindex(vcpus, vps, strategy, left)
         report.cases.extend(cases)
+        scenario_mix = figures.pop("mix", None)
+        if scenario_mix is not None:
+            mix.update(scenario_mix)
+            busy_s += figures["run_s"]
         for case_name, micros in figures.pop("raw_us").items():
             if case_name == "bare-exit":
                 if name != "vpindex":
@@ -218,4 +226,7 @@ def run_suite_impl(
         report.extra.setdefault("scenarios", {})[name] = figures
     report.latency_us = percentiles(pools["ipi"] + pools["flush"] + pools["flush_to_halted"])
     report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items() if v}
+    report.extra.update(mix.to_extra())
+    if busy_s > 0:
+        report.extra["calls_per_s"] = round(report.calls / busy_s, 1)
     return report

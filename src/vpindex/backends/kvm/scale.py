@@ -16,8 +16,14 @@ from typing import Final
 
 from vpindex.abi import MAX_VP_INDEX, FlushFlags, HvCallCode, VpSet
 from vpindex.backends.kvm.guests.suite_layout import Kind, Map
-from vpindex.backends.kvm.suite_machine import CaseSpec, SenderPlan, SuiteMachine, expected_rax
-from vpindex.backends.report import CaseResult, RunReport, percentiles
+from vpindex.backends.kvm.suite_machine import (
+    CaseSpec,
+    SenderPlan,
+    SuiteMachine,
+    call_mix,
+    expected_rax,
+)
+from vpindex.backends.report import CallMix, CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import IPI_VECTOR
 from vpindex.guest import encode_call
 
@@ -134,8 +140,11 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
             strategy=strategy,
             vp_indexes=[scale_vp_index(i) for i in range(vcpus)],
         )
+        mix = CallMix()
         for plan in plans:
-            for c in sm.case_results(plan):
+            results = sm.case_results(plan)
+            mix.update(call_mix(plan, results))
+            for c in results:
                 report.cases.append(c)
                 report.calls += calls
         pools: dict[str, list[float]] = {"ipi": [], "flush_sparse": [], "flush_all": []}
@@ -166,6 +175,9 @@ def run_scale_impl(*, vcpus: int, calls: int, strategy: str, timeout: float) -> 
             "vp_banks": len({scale_vp_index(i) // 64 for i in range(vcpus)}),
             "guest_memory_mib": Map.MEMORY >> 20,
         })  # fmt: skip
+        report.extra.update(mix.to_extra())
+        if m.run_s > 0:
+            report.extra["calls_per_s"] = round(report.calls / m.run_s, 1)
         return report
     finally:
         sm.close()

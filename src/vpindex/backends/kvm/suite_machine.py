@@ -31,7 +31,7 @@ from vpindex.backends.kvm.guests.suite_layout import (
     Result,
 )
 from vpindex.backends.kvm.machine import Machine
-from vpindex.backends.report import CaseResult, percentiles
+from vpindex.backends.report import CallMix, CaseResult, percentiles
 from vpindex.backends.scenarios import IPI_VECTOR, flush_scenarios, ipi_scenarios
 from vpindex.defaults import DEFAULT_STRATEGY
 from vpindex.engine import GP, UD
@@ -42,6 +42,7 @@ __all__ = [
     "SenderPlan",
     "SuiteMachine",
     "bare_case",
+    "call_mix",
     "expected_rax",
     "flush_cases",
     "idt_image",
@@ -278,6 +279,22 @@ class SuiteMachine:
 
     def close(self) -> None:
         self.machine.close()
+
+
+def call_mix(plan: SenderPlan, results: Sequence[CaseResult]) -> CallMix:
+    """The calls ``plan`` issued by code, encoding and status, from its case results (in plan
+    order): each case with a hypercall ran ``plan.iterations`` times; the guest counted the
+    calls whose RAX was not the expected one (``bad_status``) and kept the last such RAX."""
+    mix = CallMix()
+    for spec, result in zip(plan.cases, results, strict=True):
+        if spec.call is None:
+            continue
+        bad = int(result.details.get("bad_status", 0))
+        mix.add(spec.call.control, spec.call.name, spec.expect_rax, plan.iterations - bad)
+        if bad:
+            last = int(str(result.details.get("last_rax", "0")), 16)
+            mix.add(spec.call.control, spec.call.name, last, bad)
+    return mix
 
 
 def ipi_cases(vp_to_cpu: dict[int, int], all_cpus: frozenset[int]) -> list[CaseSpec]:
