@@ -1,5 +1,5 @@
 """Sweep results as JSON (schema ``vpindex-bench/1``, documented in the README) and the five
-goals of issue 6 evaluated on them."""
+benchmark's five goals evaluated on them."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _find(results: Iterable[CellResult], **want: object) -> list[CellResult]:
 
 
 def evaluate_goals(sweep: SweepResult) -> list[Goal]:
-    """The five goals of issue 6, judged on whatever cells ``sweep`` contains."""
+    """The benchmark's five goals, judged on whatever cells ``sweep`` contains."""
     res = sweep.results
     goals = []
     # 1. adaptive within 1.10x of the best everywhere. On a shared machine a 10% gap is within

@@ -89,12 +89,19 @@ def build(exit_code: int | None = None, flushes: int = 1) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    """Write the image to argv[0]."""
+    """Write the image to argv[0]; a usage or write error is one ``error:`` line, status 2."""
     if len(argv) != 1:
-        print("usage: python -m vpindex.backends.kvm.guests.hello OUT.bin", file=sys.stderr)
+        print(
+            "error: give one OUT.bin: python -m vpindex.backends.kvm.guests.hello OUT.bin",
+            file=sys.stderr,
+        )
         return 2
-    with open(argv[0], "wb") as f:
-        f.write(build())
+    try:
+        with open(argv[0], "wb") as f:
+            f.write(build())
+    except OSError as err:
+        print(f"error: OUT.bin: cannot write {argv[0]}: {err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 
