@@ -23,6 +23,7 @@ from vpindex.backends.linux.build import (
     build_kernel,
     cached_build,
 )
+from vpindex.backends.linux.stock import fetch_stock_kernel
 from vpindex.backends.linux.workload import DEFAULT_ITERATIONS, MAX_ITERATIONS, WORKLOADS
 from vpindex.defaults import LINUX_MEMORY_MIB, LINUX_TIMEOUT_S, LINUX_VCPUS
 
@@ -266,3 +267,31 @@ def _print_summary(report: dict[str, Any]) -> None:
     else:
         for failure in report["failures"]:
             typer.echo(f"FAILED: {failure}")
+
+
+@linux_app.command("fetch")
+def fetch(
+    package: Annotated[
+        str | None,
+        typer.Option(
+            "--package",
+            help="An image package, e.g. linux-image-6.12.117+deb12-cloud-amd64; "
+            "default: the newest 6.12 cloud kernel apt knows.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Download Debian's stock cloud kernel (apt-get download) and unpack it to an ELF
+    vmlinux in the cache. It needs ACPI tables to boot (it has no MP-table parser)."""
+    try:
+        kernel = fetch_stock_kernel(package, _progress)
+    except SourceError as err:
+        _usage_error(str(err))
+    except BuildError as err:
+        _failure(str(err))
+    if as_json:
+        typer.echo(json.dumps(kernel.as_json(), indent=2))
+    else:
+        typer.echo(
+            f"kernel     {kernel.vmlinux}  (Linux {kernel.kernel_version}{_hit(kernel.cache_hit)})"
+        )

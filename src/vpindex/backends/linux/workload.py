@@ -69,8 +69,8 @@ PHASES: tuple[str, ...] = ("list-subset", "space-subset", "list-all", "ipi")
 
 - ``list-subset``: single-page remaps with the process on 2 CPUs: page-list flushes of a
   processor subset (0x0003, or 0x0014 once a target's VP index is >= 64);
-- ``space-subset``: the same 2 CPUs unmap a touched 1 MiB region: whole-space flushes (0x0002 or
-  0x0013);
+- ``space-subset``: the same 2 CPUs unmap a touched 64-page region (more than the 33 pages Linux
+  flushes one by one): whole-space flushes (0x0002 or 0x0013);
 - ``list-all``: remaps with a thread on every CPU: page-list flushes of ALL_PROCESSORS;
 - ``ipi``: wake-ups and membarrier across every CPU: PV IPIs (0x000b, or 0x0015 with a VP index
   >= 64).
@@ -112,8 +112,8 @@ _MAX_CPUS = 4096
 
 
 def space_iterations_for(iterations: int) -> int:
-    """Iterations of the 1 MiB phase for ``iterations`` of the others: each unmaps 256 pages
-    (a whole-space flush needs only a few), so a fifth as many, at least 2."""
+    """Iterations of the space phase for ``iterations`` of the others: each maps, touches and
+    unmaps 64 pages (a whole-space flush needs only a few), so a fifth as many, at least 2."""
     return max(2, iterations // 5)
 
 
