@@ -36,8 +36,11 @@ __all__ = [
     "GUEST_LOAD_ADDRESS",
     "MAX_VCPUS",
     "PT_WINDOW",
+    "RFLAGS_IF",
+    "RFLAGS_IOPL3",
     "RFLAGS_RESERVED",
     "TSS_BASE",
+    "TSS_RSP0_OFFSET",
     "TSS_STRIDE",
     "WINDOW_VA",
     "long_mode_sregs",
@@ -58,6 +61,8 @@ PT_WINDOW: Final = 0x9000
 WINDOW_VA: Final = 0x80_0000_0000
 TSS_BASE: Final = 0x10000
 TSS_STRIDE: Final = 128
+#: Where a 64-bit TSS holds RSP0 (the stack an interrupt from CPL3 switches to).
+TSS_RSP0_OFFSET: Final = 4
 _TSS_LIMIT: Final = 0x67
 MAX_VCPUS: Final = 1024
 GUEST_LOAD_ADDRESS: Final = 0x100000
@@ -85,6 +90,9 @@ _CR4_PAE, _CR4_OSFXSR, _CR4_OSXMMEXCPT = 0x20, 0x200, 0x400
 _EFER_LME, _EFER_LMA = 0x100, 0x400
 #: RFLAGS bit 1 is always set.
 RFLAGS_RESERVED: Final = 0x2
+#: RFLAGS.IF (interrupts enabled) and IOPL = 3 (port I/O allowed at CPL3).
+RFLAGS_IF: Final = 1 << 9
+RFLAGS_IOPL3: Final = 3 << 12
 _SEG_CODE_EXEC_READ_ACCESSED, _SEG_DATA_RW_ACCESSED, _SEG_TSS_BUSY = 11, 3, 11
 
 
@@ -94,7 +102,7 @@ def pte(gpa: int) -> int:
 
 
 def tss_address(vcpu: int) -> int:
-    """GPA of vCPU ``vcpu``'s TSS (RSP0 at +4)."""
+    """GPA of vCPU ``vcpu``'s TSS (RSP0 at +TSS_RSP0_OFFSET)."""
     return TSS_BASE + vcpu * TSS_STRIDE
 
 

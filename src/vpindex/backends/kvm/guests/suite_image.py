@@ -86,8 +86,7 @@ _UD2_LEN = 2
 _X2APIC_EOI, _X2APIC_SVR, _APIC_BASE_MSR = 0x80B, 0x80F, 0x1B
 _APIC_ENABLE_X2APIC = 0xC00
 _SVR_ENABLE = 0x1FF
-_RFLAGS_USER = 0x3202  # IF | IOPL=3 | reserved bit 1
-_TSS_RSP0 = 4
+_RFLAGS_USER: Final = layout.RFLAGS_IF | layout.RFLAGS_IOPL3 | layout.RFLAGS_RESERVED
 _INSN_MSR_LEN = 2
 _CASE_SIZE: Final = ctypes.sizeof(Case)
 _RESULT_SIZE: Final = ctypes.sizeof(Result)
@@ -131,7 +130,7 @@ def _common_init(a: Asm) -> None:
     a.op(C.MOV_RM64_R64, mem(R13, PERCPU.vp_after), RAX)
     # TSS.RSP0 = this kernel stack, so interrupts at CPL3 land here.
     a.op(C.IMUL_R64_RM64_IMM32, RAX, R14, layout.TSS_STRIDE)
-    a.op(C.MOV_RM64_R64, mem(RAX, layout.TSS_BASE + _TSS_RSP0), RSP)
+    a.op(C.MOV_RM64_R64, mem(RAX, layout.TSS_BASE + layout.TSS_RSP0_OFFSET), RSP)
     a.op(C.MOV_RM64_IMM32, mem(R13, PERCPU.ready), 1)
     a.op(C.JMP_RM64, RSI)
 
