@@ -121,3 +121,20 @@ def test_cli_bench_calibrate_prints_and_does_not_write() -> None:
 def test_cli_bench_calibrate_rejects_bad_options() -> None:
     result = CliRunner().invoke(app, ["bench", "calibrate", "--repeat", "0"])
     assert result.exit_code == 2
+
+
+def test_cli_bench_calibrate_write_failure_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vpindex.lab import costfit
+
+    def refuse(model: CostModel, path: Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(costfit, "write_model", refuse)
+    result = CliRunner().invoke(
+        app, ["bench", "calibrate", "--repeat", "1", "--sample-ms", "0.1", "--write"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --write: cannot rewrite")
+    assert "Traceback" not in result.output

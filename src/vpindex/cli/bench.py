@@ -339,8 +339,8 @@ def calibrate(
         progress=lambda text: typer.echo(text, err=True),
     )
     typer.echo(
-        f"cost model fitted on this machine: {len(points)} points, {repeat} samples each "
-        f"(minimum fitted), clock {clock_name()}"
+        f"cost model fitted here: {len(points)} points x {repeat} samples (minimum fitted), "
+        f"clock {clock_name()}"
     )
     for line in cal.report_lines(fit):
         typer.echo(line)
@@ -350,7 +350,11 @@ def calibrate(
             typer.echo(line)
     path = Path(costs.__file__)
     if write:
-        cal.write_model(fit.model, path)
+        try:
+            cal.write_model(fit.model, path)
+        except (OSError, ValueError) as err:
+            typer.echo(f"error: --write: cannot rewrite {path}: {err}", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"wrote {path}")
     else:
         typer.echo(f"not written; --write regenerates {path} with:")
