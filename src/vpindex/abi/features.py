@@ -23,6 +23,7 @@ from typing import Final
 from vpindex.abi.control import HvCallCode
 
 __all__ = [
+    "CPUID_HYPERVISOR_LAST",
     "CPUID_LEAF_FEATURES",
     "CPUID_LEAF_INTERFACE",
     "CPUID_LEAF_LIMITS",
@@ -41,6 +42,8 @@ CPUID_LEAF_VERSION: Final = 0x40000002
 CPUID_LEAF_FEATURES: Final = 0x40000003
 CPUID_LEAF_RECOMMENDATIONS: Final = 0x40000004
 CPUID_LEAF_LIMITS: Final = 0x40000005
+#: The last leaf of the hypervisor range 0x40000000-0x400000FF.
+CPUID_HYPERVISOR_LAST: Final = 0x400000FF
 
 
 class Features(Flag):

@@ -26,6 +26,7 @@ from vpindex.abi import (
     cpuid_leaves,
     hypercall_result,
 )
+from vpindex.abi.features import CPUID_HYPERVISOR_LAST, CPUID_LEAF_LIMITS
 from vpindex.defaults import DEFAULT_STRATEGY
 from vpindex.engine.calls import FlushRequest, decode_hypercall, header_fields
 from vpindex.engine.events import HypercallEvent
@@ -39,7 +40,7 @@ __all__ = ["Partition", "PartitionStateError"]
 
 _U64: Final = (1 << 64) - 1
 _ZERO_XMM: Final = bytes(XMM_INPUT_BYTES)
-_EXTRA_LEAVES: Final = range(0x40000006, 0x40000100)
+_EXTRA_LEAVES: Final = range(CPUID_LEAF_LIMITS + 1, CPUID_HYPERVISOR_LAST + 1)
 
 
 class PartitionStateError(RuntimeError):

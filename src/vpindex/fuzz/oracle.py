@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from vpindex.abi import Features
-from vpindex.engine import MAX_RECORDED_PAGES, GuestFault, GuestMemory, Partition
+from vpindex.engine import (
+    HYPERCALL_STUB_VMCALL,
+    MAX_RECORDED_PAGES,
+    GuestFault,
+    GuestMemory,
+    Partition,
+)
 from vpindex.engine.faults import GP, UD
 from vpindex.vpmap import STRATEGIES
 
@@ -140,7 +146,7 @@ class RecordingPlatform:
 
     def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
         assert self.partition is not None
-        self.partition.memory.write(gpa, b"\x0f\x01\xc1\xc3")
+        self.partition.memory.write(gpa, HYPERCALL_STUB_VMCALL)
 
 
 #: The fixed head of a fuzz input: cfg0 (features bits 0-6, bit 7 recording platform),

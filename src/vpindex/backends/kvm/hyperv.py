@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from vpindex.abi.features import CPUID_LEAF_VENDOR
+from vpindex.abi.features import CPUID_HYPERVISOR_LAST, CPUID_LEAF_LIMITS, CPUID_LEAF_VENDOR
 from vpindex.backends.kvm.contract import hypercall_stub
 from vpindex.backends.kvm.remote_flush import RemoteFlush
 from vpindex.backends.kvm.structs import CpuidEntry2
@@ -17,8 +17,8 @@ from vpindex.engine import GuestMemory, Partition
 __all__ = ["HYPERV_CPUID_FIRST", "HYPERV_CPUID_LAST", "KvmPlatform", "guest_cpuid"]
 
 HYPERV_CPUID_FIRST: Final = CPUID_LEAF_VENDOR
-HYPERV_CPUID_LAST: Final = 0x400000FF
-_HYPERV_LEAVES: Final = range(CPUID_LEAF_VENDOR, 0x40000006)
+HYPERV_CPUID_LAST: Final = CPUID_HYPERVISOR_LAST
+_HYPERV_LEAVES: Final = range(CPUID_LEAF_VENDOR, CPUID_LEAF_LIMITS + 1)
 _LEAF_FEATURES, _LEAF_TOPOLOGY, _LEAF_TOPOLOGY2 = 1, 0xB, 0x1F
 _ECX_X2APIC, _ECX_HYPERVISOR = 1 << 21, 1 << 31
 _APIC_ID_SHIFT = 24
