@@ -207,3 +207,35 @@ def test_uart_transmits_and_raises_thr_empty_interrupt() -> None:
     assert resets == [True]
     bus.out(0x70, b"\x0a")
     assert bus.in_(0x71, 1)[0] & 0x80 == 0  # no RTC update in progress
+
+
+def test_cli_linux_run_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vpindex.cli import app
+    from vpindex.cli import commands as _commands  # noqa: F401  (registers the sub-commands)
+
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(b"070701")
+    not_elf = tmp_path / "bzImage"
+    not_elf.write_bytes(bytes(0x202) + b"HdrS" + bytes(600))
+    truncated = tmp_path / "vmlinux"
+    truncated.write_bytes(_elf()[:100])
+    cases = [
+        (["--vcpus", "9"], "--vcpus 9"),
+        (["--vcpus", "2", "--vp-indexes", "1,1"], "distinct"),
+        (["--vcpus", "2", "--vp-indexes", "0,4096"], "[0, 4096)"),
+        (["--hv", "hv-ipi"], "hv-ipi requires hv-vpindex"),
+        (["--no-hyperv", "--hv", "hv-vpindex"], "exclude each other"),
+        (["--control", "nope"], "--control nope"),
+        (["--kernel", str(tmp_path / "missing")], "no such file"),
+        (["--kernel", str(not_elf), "--initrd", str(initrd)], "bzImage"),
+        (["--kernel", str(truncated), "--initrd", str(initrd)], "truncated"),
+        (["--kernel", str(truncated), "--initrd", str(tmp_path / "none.cpio")], "no such file"),
+    ]
+    for args, needle in cases:
+        done = CliRunner().invoke(app, ["linux", "run", *args])
+        assert done.exit_code == 2, (args, done.output)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+        assert done.stdout == ""

@@ -30,7 +30,12 @@ it never fires, and every firing is counted in :attr:`HostFixes.counts` (reporte
     KVM_RUN fails once with EAGAIN when an AP leaves its wait-for-SIPI state: retried.
 
 Host CPUID features leak into the guest's CPUID whatever KVM_SET_CPUID2 says, so features the
-emulator cannot run are hidden on the kernel command line instead (:data:`HIDE_FEATURES_WORDS`).
+emulator cannot run at CPL0 are hidden on the kernel command line instead
+(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``), and FSGSBASE and
+RDPID, with which the NMI/#DB entry code reads its per-CPU base through ``rdgsbase`` + ``lsl``
+(the emulator fails on ``lsl``); without them it uses RDMSR of GS_BASE. And since kernel code
+runs about a thousand times slower than natively, RCU's CPU-stall detector (whose report sends
+NMIs) is turned off.
 """
 
 from __future__ import annotations
@@ -62,9 +67,13 @@ FIX_NAMES: Final = (
     "kvm-run-eagain",
 )
 
-#: Kernel command-line words that hide CPU features the host's emulator fails on at CPL0 but
-#: that leak into the guest's CPUID: XSAVE (xrstor), POPCNT, SMAP (clac/stac).
-HIDE_FEATURES_WORDS: Final = ("noxsave", "clearcpuid=popcnt,smap")
+#: Kernel command-line words for this host: hide CPU features its emulator fails on at CPL0 but
+#: that leak into the guest's CPUID, and keep RCU's stall detector quiet (see the module doc).
+HIDE_FEATURES_WORDS: Final = (
+    "noxsave",
+    "clearcpuid=popcnt,smap,fsgsbase,rdpid",
+    "rcupdate.rcu_cpu_stall_suppress=1",
+)
 
 _INT3, _FWAIT = 0xCC, 0x9B
 _BP_VECTOR, _PF_VECTOR = 3, 14

@@ -258,6 +258,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "other_hypercalls": other,
         "statuses": dict(sorted(statuses.items())),
         "hypercall_faults": boot.faults,
+        "flush_reach": {"all": boot.flush_reach["all"], "subset": boot.flush_reach["subset"]},
         "guest_vp_indexes": list(report.guest_vp_indexes) if report is not None else None,
         "workload": (
             {

@@ -119,6 +119,8 @@ class BootResult:
     #: per vCPU, per vector: IPIs the engine addressed to it / the VMM actually delivered
     ipis_sent: list[Counter[int]] = field(default_factory=list)
     ipis_delivered: list[Counter[int]] = field(default_factory=list)
+    #: flush calls by reach: "all" (ALL_PROCESSORS, or a set naming every vCPU) or "subset"
+    flush_reach: Counter[str] = field(default_factory=Counter)
     #: ``ipis_delivered`` when each ``BootSpec.snapshot_lines`` pattern appeared
     ipis_at: dict[str, list[Counter[int]]] = field(default_factory=dict)
     host_fixes: Counter[str] = field(default_factory=Counter)
@@ -381,23 +383,27 @@ class _LinuxVm:
         rcx = vcpu.sync_reg("rcx")
         served = len(cpu.serve_ns)
         done = self._serve_hypercall(cpu, io)
-        resolve_ns = self._resolve_ns(cpu, rcx) if len(cpu.serve_ns) > served else None
+        resolved = self._resolve(cpu, rcx) if len(cpu.serve_ns) > served else None
         with self._lock:
             r.hypercalls[code] += 1
             if len(cpu.serve_ns) > served:
                 r.statuses[vcpu.sync_reg("rax") & _STATUS_MASK] += 1
                 if code in r.serve_ns:
                     r.serve_ns[code].append(cpu.serve_ns[-1])
-                    if resolve_ns is not None:
-                        r.resolve_ns[code].append(resolve_ns)
+                    if resolved is not None and resolved[0] >= 0:
+                        r.resolve_ns[code].append(resolved[0])
+                    if code in FLUSH_CODES and resolved is not None:
+                        subset = resolved[1] < self.spec.vcpus
+                        r.flush_reach["subset" if subset else "all"] += 1
             else:
                 r.faults += 1
         return done
 
-    def _resolve_ns(self, cpu: VcpuThread, rcx: int) -> int | None:
+    def _resolve(self, cpu: VcpuThread, rcx: int) -> tuple[int, int] | None:
         """Time the VP-set translation of the call just served, on its own: decode the same
-        input again and resolve it once more on the partition's map (None when the call has no
-        VP set, e.g. ALL_PROCESSORS, or does not decode)."""
+        input again and resolve it once more on the partition's map. Returns (ns, number of
+        target vCPUs); ns is -1 for ALL_PROCESSORS (nothing to translate); None when the call
+        does not decode."""
         part = self.machine.partition
         vcpu = cpu.vcpu
         xmm = vcpu.get_xmm() if uses_xmm_input(rcx) else bytes(96)
@@ -408,11 +414,11 @@ class _LinuxVm:
         except HvError:
             return None
         if request.vp_set is None:
-            return None
+            return -1, self.spec.vcpus
         vp_map = part.vp_map
         start = time.perf_counter_ns()
-        vp_map.resolve(request.vp_set)
-        return time.perf_counter_ns() - start
+        targets = vp_map.resolve(request.vp_set)
+        return time.perf_counter_ns() - start, len(targets)
 
     def _deliver_ipi(self, vector: int, targets: Sequence[int]) -> None:
         r = self.result
