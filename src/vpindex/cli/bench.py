@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated
 
@@ -160,6 +161,15 @@ def render_sweep(console: Console, sweep: SweepResult) -> None:
     )
 
 
+def _plot_callback(
+    ctx: typer.Context, param: typer.CallbackParam, value: Path | None
+) -> Path | None:
+    """--plot needs matplotlib (the ``plot`` extra) and a writable file name."""
+    if value is not None and not ctx.resilient_parsing and find_spec("matplotlib") is None:
+        bad_option("--plot", "needs matplotlib: pip install 'vpindex[plot]'")
+    return output_path_callback(ctx, param, value)
+
+
 #: ``vpindex bench`` runs the sweep; ``vpindex bench calibrate`` refits the cost model. Registered
 #: on the application by :func:`vpindex.cli.commands.register`.
 bench_app = typer.Typer(rich_markup_mode="markdown")
@@ -218,7 +228,7 @@ def bench(
     plot: Annotated[
         Path | None,
         typer.Option(
-            callback=output_path_callback,
+            callback=_plot_callback,
             metavar="FILE",
             help="Write log-log PNGs: FILE.png (resolve), FILE-vcpu_of.png, FILE-memory.png...",
         ),
