@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -110,3 +111,21 @@ def test_bench_tables_fit_80_columns() -> None:
     assert "hypercall flush-list/ex/slow: time per call" in out
     assert "adapt." in out and "adapt. = adaptive" in " ".join(out.split())
     assert out.count("★") >= 8  # one best per row, each row shown whole
+
+
+def test_progress_without_a_terminal_announces_only_long_steps(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vpindex.cli import progress as progress_module
+
+    with progress_module.progress() as bar:  # stderr is not a terminal under pytest
+        bar.step("a quick step")  # ends before QUIET_S: nothing printed
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(progress_module, "QUIET_S", 0.0)
+    with progress_module.progress() as bar:
+        bar.step("a long step")
+        timer = bar._timer  # type: ignore[attr-defined]
+        assert timer is not None
+        timer.join(10)
+    out, err = capsys.readouterr()
+    assert out == "" and err == "vpindex: a long step (running for 0 s or more)\n"

@@ -1,11 +1,12 @@
 """Progress on stderr for steps that take more than a moment: a live line with the elapsed time
-on a terminal, plain ``vpindex: ...`` lines otherwise (logs, CI). stdout is never touched, so
-``--json`` output stays one object."""
+on a terminal; otherwise (logs, CI) one plain ``vpindex: ...`` line for each step still running
+after :data:`QUIET_S` seconds, so quick commands print nothing extra. stdout is never touched,
+so ``--json`` output stays one object."""
 
 from __future__ import annotations
 
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -21,7 +22,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-__all__ = ["Reporter", "progress"]
+__all__ = ["QUIET_S", "Reporter", "progress"]
+
+#: Without a terminal, a step is announced once it has run this long.
+QUIET_S = 2.0
 
 
 class Reporter(Protocol):
@@ -51,14 +55,26 @@ class _Live:
 
 class _Lines:
     def __init__(self) -> None:
-        self._start = time.monotonic()
+        self._timer: threading.Timer | None = None
+
+    @staticmethod
+    def _announce(text: str) -> None:
+        sys.stderr.write(f"vpindex: {text} (running for {QUIET_S:g} s or more)\n")
+        sys.stderr.flush()
 
     def step(self, text: str) -> None:
-        sys.stderr.write(f"vpindex: {text} (at {time.monotonic() - self._start:.0f} s)\n")
-        sys.stderr.flush()
+        self.stop()
+        self._timer = threading.Timer(QUIET_S, self._announce, (text,))
+        self._timer.daemon = True
+        self._timer.start()
 
     def advance(self, done: int, total: int) -> None:
         """Plain lines show steps only."""
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 @contextmanager
@@ -66,7 +82,11 @@ def progress() -> Iterator[Reporter]:
     """A :class:`Reporter` for the duration of the block; the live line disappears at the end."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield _Lines()
+        lines = _Lines()
+        try:
+            yield lines
+        finally:
+            lines.stop()
         return
     with Progress(
         SpinnerColumn(),

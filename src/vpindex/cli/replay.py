@@ -16,6 +16,7 @@ from vpindex.abi.vpset import MAX_VP_INDEX
 from vpindex.cli.errors import bad_option, printable, run_failed
 from vpindex.cli.limits import MAX_BENCH_REPEAT, MAX_REPLAY_BYTES, MAX_SAMPLE_MS
 from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
+from vpindex.cli.progress import progress
 from vpindex.lab.replay import parse_trace
 from vpindex.lab.replay import replay as replay_trace
 from vpindex.lab.timing import CLOCKS, format_ns, use_clock
@@ -170,7 +171,8 @@ def replay(
         vps = list(range(vcpus))
         source = "--vcpus, identity"
     try:
-        with file.open(encoding="utf-8", errors="replace") as f:
+        with progress() as bar, file.open(encoding="utf-8", errors="replace") as f:
+            bar.step(f"replay: reading {printable(str(file))}")
             trace = parse_trace(f)
     except OSError as err:
         bad_option("FILE", f"cannot read {file}: {err.strerror or err}")
@@ -183,14 +185,16 @@ def replay(
             as_json=as_json,
             doc={"file": str(file), "lines": trace.lines, "calls": 0},
         )
-    report = replay_trace(
-        trace,
-        names,
-        vp_indexes=vps,
-        map_source=source,
-        repeat=repeat,
-        target_ns=int(sample_ms * 1e6),
-    )
+    with progress() as bar:
+        bar.step(f"replay: {len(trace.calls)} calls through {len(names)} strategies")
+        report = replay_trace(
+            trace,
+            names,
+            vp_indexes=vps,
+            map_source=source,
+            repeat=repeat,
+            target_ns=int(sample_ms * 1e6),
+        )
     doc = {"file": str(file), **report.to_json()}
     if as_json:
         typer.echo(json.dumps(doc))

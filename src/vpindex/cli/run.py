@@ -203,15 +203,17 @@ def _run_kvm(req: RunRequest) -> RunReport:
 
     n = req.n_vcpus
     if req.guest is not None:
-        return kvm.run_guest(
-            str(req.guest),
-            entry=req.entry if req.entry is not None else GUEST_LOAD_ADDRESS,
-            memory_mib=req.memory if req.memory is not None else KVM_GUEST_MEMORY_MIB,
-            vcpus=n if n is not None else KVM_GUEST_VCPUS,
-            vp_indexes=req.vp_indexes,
-            strategy=req.strategy,
-            timeout=req.timeout if req.timeout is not None else KVM_GUEST_TIMEOUT_S,
-        )
+        with progress() as bar:
+            bar.step(f"kvm: guest {req.guest.name} on {n or KVM_GUEST_VCPUS} vCPUs")
+            return kvm.run_guest(
+                str(req.guest),
+                entry=req.entry if req.entry is not None else GUEST_LOAD_ADDRESS,
+                memory_mib=req.memory if req.memory is not None else KVM_GUEST_MEMORY_MIB,
+                vcpus=n if n is not None else KVM_GUEST_VCPUS,
+                vp_indexes=req.vp_indexes,
+                strategy=req.strategy,
+                timeout=req.timeout if req.timeout is not None else KVM_GUEST_TIMEOUT_S,
+            )
     if req.scenario == "scale":
         with progress() as bar:
             bar.step(f"kvm: scale case on {n or KVM_SCALE_VCPUS} vCPUs")
