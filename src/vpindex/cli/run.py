@@ -83,6 +83,7 @@ _KVM_ONLY: Final = {
     "entry": "--entry",
     "memory": "--memory",
     "timeout": "--timeout",
+    "hv": "--hv",
 }
 
 
@@ -110,6 +111,7 @@ class RunRequest:
     entry: int | None = None
     memory: int | None = None
     timeout: float | None = None
+    hv: str | None = None
 
     @property
     def n_vcpus(self) -> int | None:
@@ -175,6 +177,17 @@ def _check_kvm(req: RunRequest) -> None:
     if n is not None and n > MAX_VCPUS:
         option = "--vcpus" if req.vcpus is not None else "--vp-indexes"
         bad_option(option, f"{n} vCPUs; the KVM backend runs at most {MAX_VCPUS}")
+    if req.hv is not None:
+        from vpindex.abi.hvflags import parse_hv_flags
+
+        if req.guest is not None or req.scenario == "scale":
+            bad_option("--hv", "used only with the suite's scenarios (not --guest or scale)")
+        try:
+            selection = parse_hv_flags(req.hv)
+        except ValueError as err:
+            bad_option("--hv", f"{req.hv}: {err}")
+        if not selection.has("hv-vpindex"):
+            bad_option("--hv", f"{req.hv}: the suite's guest reads its VP index: add hv-vpindex")
     if req.guest is not None:
         if req.scenario is not None or req.iterations is not None:
             option = "--scenario" if req.scenario is not None else "--iterations"
@@ -198,6 +211,7 @@ def _check_kvm(req: RunRequest) -> None:
 
 
 def _run_kvm(req: RunRequest) -> RunReport:
+    from vpindex.abi.hvflags import parse_hv_flags
     from vpindex.backends import kvm
     from vpindex.backends.kvm.layout import GUEST_LOAD_ADDRESS
 
@@ -232,6 +246,7 @@ def _run_kvm(req: RunRequest) -> RunReport:
             strategy=req.strategy,
             timeout=req.timeout if req.timeout is not None else KVM_SUITE_TIMEOUT_S,
             progress=bar.step,
+            hv=parse_hv_flags(req.hv) if req.hv is not None else None,
         )
 
 
@@ -405,6 +420,15 @@ def run(
             f"--guest {KVM_GUEST_TIMEOUT_S:g}).",
         ),
     ] = None,
+    hv: Annotated[
+        str | None,
+        typer.Option(
+            "--hv",
+            metavar="FLAGS",
+            help="kvm: Hyper-V enlightenments in QEMU's -cpu vocabulary (hv-vpindex,hv-ipi,"
+            "...); only the cases they grant run (default: all).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a partition whose vCPUs issue the PV TLB-flush and PV IPI hypercalls; verify every
@@ -412,7 +436,7 @@ def run(
     values: dict[str, Any] = {
         "mapping": mapping, "workload": workload, "calls": calls, "seed": seed,
         "trace_out": trace_out, "scenario": scenario, "iterations": iterations, "guest": guest,
-        "entry": entry, "memory": memory, "timeout": timeout,
+        "entry": entry, "memory": memory, "timeout": timeout, "hv": hv,
     }  # fmt: skip
     vps = parse_vp_indexes(vp_indexes) if vp_indexes is not None else None
     if vcpus is not None and vps is not None and len(vps) != vcpus:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.errors import (
     GuestError,
     GuestTimeout,
@@ -95,15 +96,18 @@ def run_suite(
     strategy: str = DEFAULT_STRATEGY,
     timeout: float = KVM_SUITE_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
+    hv: HvSelection | None = None,
 ) -> RunReport:
     """Run the selftest-equivalent suite (``ipi``, ``flush``, ``vpindex`` or ``all``) on real
-    VMs: sender vCPU 0 and receivers/workers with VP indexes 2 and 65 by default. Raises
-    KvmError for host-side problems (no usable /dev/kvm, guest fault, timeout)."""
+    VMs: sender vCPU 0 and receivers/workers with VP indexes 2 and 65 by default. ``hv``
+    (QEMU-style ``hv-*`` flags, :func:`vpindex.abi.hvflags.parse_hv_flags`) limits the
+    partition's features and runs only the cases those grant (default: every feature).
+    Raises KvmError for host-side problems (no usable /dev/kvm, guest fault, timeout)."""
     from vpindex.backends.kvm.runner import run_suite_impl
 
     return run_suite_impl(
         vcpus=vcpus, vp_indexes=vp_indexes, scenario=scenario, iterations=iterations,
-        strategy=strategy, timeout=timeout, progress=progress,
+        strategy=strategy, timeout=timeout, progress=progress, hv=hv,
     )  # fmt: skip
 
 

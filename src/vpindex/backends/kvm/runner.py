@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
+from vpindex.abi import Control, Features, HvCallCode, required_features, uses_xmm_input
+from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.errors import KvmError
 from vpindex.backends.kvm.guests.suite_layout import Kind, Map
 from vpindex.backends.kvm.suite_machine import (
@@ -21,9 +23,10 @@ from vpindex.backends.kvm.suite_machine import (
 from vpindex.backends.report import CallMix, CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, flush_scenarios
 
-__all__ = ["default_vp_indexes", "run_flush", "run_ipi", "run_suite_impl", "run_vpindex"]
+__all__ = ["default_vp_indexes", "granted", "run_flush", "run_ipi", "run_suite_impl", "run_vpindex"]
 
 Progress = Callable[[str], None] | None
+_ALL_FEATURES: Final = Features.all()
 _SCENARIOS = ("ipi", "flush", "vpindex")
 
 
@@ -48,8 +51,29 @@ def _check_layout(vcpus: int, vp_indexes: Sequence[int]) -> dict[int, int]:
     return vp_to_cpu
 
 
+def granted(cases: Sequence[CaseSpec], features: Features) -> list[CaseSpec]:
+    """The cases a partition offering ``features`` lets the guest make: a call is kept when
+    its code's required features (and XMM input, for an XMM fast call) are all granted."""
+    out = []
+    for case in cases:
+        if case.call is not None:
+            control = case.call.control
+            need = required_features(HvCallCode(Control.decode(control).code))
+            if uses_xmm_input(control):
+                need |= Features.XMM_HYPERCALL_INPUT
+            if need & ~features:
+                continue
+        out.append(case)
+    return out
+
+
 def run_ipi(
-    vcpus: int, vp_indexes: Sequence[int], iterations: int, strategy: str, timeout: float
+    vcpus: int,
+    vp_indexes: Sequence[int],
+    iterations: int,
+    strategy: str,
+    timeout: float,
+    features: Features = _ALL_FEATURES,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
     """IPI scenario: vCPU 0 sends, every other vCPU idles in HLT and counts vector 0xfe. The
     same VM also times the SPACE flush calls against these halted vCPUs
@@ -58,11 +82,13 @@ def run_ipi(
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     everyone = frozenset(range(vcpus))
     cases = [bare_case(), *ipi_cases(vp_to_cpu, everyone), *_flush_to_halted_cases()]
+    cases = granted(cases, features)
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
     roles = ["sender"] + ["idle"] * (vcpus - 1)
     sm = SuiteMachine(
-        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy
-    )
+        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy,
+        features=features,
+    )  # fmt: skip
     try:
         sm.run(timeout)
         raw = sm.case_results(plan)
@@ -89,12 +115,13 @@ def run_flush(
     timeout: float,
     control: bool = True,
     real_tlb_flush: bool = True,
+    features: Features = _ALL_FEATURES,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
     """Flush scenario: vCPU 0 swaps the test PTE and flushes; all others read at CPL3.
     ``real_tlb_flush=False`` (diagnostic) skips the targets' TLB flush to show it is needed."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     workers = frozenset(range(1, vcpus))
-    cases = [bare_case(), *flush_cases(vp_to_cpu, workers)]
+    cases = granted([bare_case(), *flush_cases(vp_to_cpu, workers)], features)
     if control:
         cases.append(CaseSpec("control-no-flush", Kind.CONTROL, targets=workers))
     plan = SenderPlan(0, cases, list(range(vcpus)), iterations)
@@ -106,6 +133,7 @@ def run_flush(
         plans=[plan],
         strategy=strategy,
         real_tlb_flush=real_tlb_flush,
+        features=features,
     )
     try:
         sm.run(timeout)
@@ -118,7 +146,11 @@ def run_flush(
 
 
 def run_vpindex(
-    vcpus: int, vp_indexes: Sequence[int], strategy: str, timeout: float
+    vcpus: int,
+    vp_indexes: Sequence[int],
+    strategy: str,
+    timeout: float,
+    features: Features = _ALL_FEATURES,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
     """VP_INDEX scenario: every vCPU reads its VP index by RDMSR and its write must #GP; vCPU 0
     also calls the hypercall page from CPL3, which must #UD."""
@@ -126,8 +158,9 @@ def run_vpindex(
     plan = SenderPlan(0, [bare_case(), cpl3], [0], 1)
     roles = ["sender"] + ["exit"] * (vcpus - 1)
     sm = SuiteMachine(
-        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy
-    )
+        vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy,
+        features=features,
+    )  # fmt: skip
     try:
         sm.run(timeout, wait_for=range(vcpus))
         results = [_prefixed("vpindex/", c) for c in sm.case_results(plan)[1:]]
@@ -181,8 +214,14 @@ def run_suite_impl(
     strategy: str,
     timeout: float,
     progress: Progress,
+    hv: HvSelection | None = None,
 ) -> RunReport:
     """See :func:`vpindex.backends.kvm.run_suite`."""
+    features = Features.all() if hv is None else hv.features
+    if hv is not None and not hv.has("hv-vpindex"):
+        raise ValueError(
+            "the suite's guest reads its VP index at boot, so --hv must include hv-vpindex"
+        )
     if scenario not in (*_SCENARIOS, "all"):
         raise ValueError(f"scenario must be one of ipi, flush, vpindex, all; got {scenario!r}")
     if iterations < 1:
@@ -203,11 +242,11 @@ def run_suite_impl(
         if progress:
             progress(f"kvm: {name} scenario on {vcpus} vCPUs, {iterations} iterations")
         if name == "ipi":
-            cases, figures = run_ipi(vcpus, vps, iterations, strategy, left)
+            cases, figures = run_ipi(vcpus, vps, iterations, strategy, left, features)
         elif name == "flush":
-            cases, figures = run_flush(vcpus, vps, iterations, strategy, left)
+            cases, figures = run_flush(vcpus, vps, iterations, strategy, left, features=features)
         else:
-            cases, figures = run_vpindex(vcpus, vps, strategy, left)
+            cases, figures = run_vpindex(vcpus, vps, strategy, left, features)
         report.cases.extend(cases)
         scenario_mix = figures.pop("mix", None)
         if scenario_mix is not None:
@@ -224,6 +263,8 @@ def run_suite_impl(
                 pools[name].extend(micros)
                 report.calls += len(micros)
         report.extra.setdefault("scenarios", {})[name] = figures
+    if hv is not None:
+        report.extra["hv_flags"] = list(hv.flags)
     report.latency_us = percentiles(pools["ipi"] + pools["flush"] + pools["flush_to_halted"])
     report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items() if v}
     report.extra.update(mix.to_extra())

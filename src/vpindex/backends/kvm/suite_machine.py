@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vpindex.abi import PAGE_SIZE, Control, HvStatus, hypercall_result
+from vpindex.abi import PAGE_SIZE, Control, Features, HvStatus, hypercall_result
 from vpindex.backends.kvm import layout
 from vpindex.backends.kvm.errors import KvmError
 from vpindex.backends.kvm.guests.suite_image import build_program
@@ -142,12 +142,13 @@ class SuiteMachine:
         plans: Sequence[SenderPlan],
         strategy: str = DEFAULT_STRATEGY,
         real_tlb_flush: bool = True,
+        features: Features | None = None,
     ) -> None:
         self.program = build_program()
         self.machine = Machine(
             vcpus=vcpus, memory_size=Map.MEMORY, strategy=strategy,
             vp_indexes=dict(enumerate(vp_indexes)), window_pages={0: Map.PAGE_A},
-            real_tlb_flush=real_tlb_flush,
+            real_tlb_flush=real_tlb_flush, features=features,
         )  # fmt: skip
         self.vp_indexes = list(vp_indexes)
         self.plans = list(plans)
