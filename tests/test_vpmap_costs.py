@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from vpindex.abi import VpSet
+from vpindex.abi.bits import PEEL_LIMIT, word_path
 from vpindex.lab.costfit import CrossoverRow, crossover_rows
 from vpindex.vpmap import AdaptiveMap
 from vpindex.vpmap.adaptive import _held_mask
-from vpindex.vpmap.costs import MODEL, PEEL_LIMIT, CostModel, word_path
+from vpindex.vpmap.costs import MODEL, CostModel
 
 DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vpindex.abi.bits import set_bits
+from vpindex.abi.bits import (
+    WORD_PATH_MIN_WIDTH,
+    WORD_PATH_RATIO,
+    bit_flags,
+    peel_bits,
+    set_bits,
+    word_path,
+)
 
 
 def naive(mask: int) -> list[int]:
@@ -32,3 +39,20 @@ def test_each_path() -> None:
             bits = set(sorted(bits)[:k])
             mask = sum(1 << b for b in bits)
             assert set_bits(mask) == sorted(bits), (width, k)
+
+
+@given(st.integers(0, 1 << 4200))
+def test_pieces(mask: int) -> None:
+    """The pieces vpmap uses directly: peel_bits descends, bit_flags is one byte per bit."""
+    assert peel_bits(mask) == naive(mask)[::-1]
+    flags = bit_flags(mask)
+    assert len(flags) == max(1, mask.bit_length())
+    assert [i for i, f in enumerate(flags) if f] == naive(mask)
+    assert set(flags) <= {0, 1}
+
+
+def test_word_path_bounds() -> None:
+    assert word_path(1, WORD_PATH_MIN_WIDTH + 1)
+    assert not word_path(1, WORD_PATH_MIN_WIDTH)
+    assert not word_path(63, 63 * WORD_PATH_RATIO)
+    assert word_path(63, 63 * WORD_PATH_RATIO + 1)

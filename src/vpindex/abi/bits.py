@@ -4,15 +4,20 @@ A VP set is held as one int (bit i = VP index i). Turning it into a list of inde
 per-member cost a resolve must pay, so it is done here once, in one of three ways chosen by the
 popcount k and the width w (bit length) of the int:
 
-* few bits (k <= 12, or k <= 24 when 128 < w <= 1024): peel the lowest set bit with ``m & -m``
-  (a few big-int operations per member, each O(w / 30) digits: cheap while k is small);
-* sparse (k * 16 < w, w > 256): split the int into 64-bit words once (``to_bytes`` +
-  ``struct``), skip the zero words with :func:`itertools.compress`, and peel bits inside each
-  non-zero word (cheap small-int arithmetic): cost O(w / 64 + k);
-* dense: render the int in binary once and let :func:`itertools.compress` pick the positions
-  from a prebuilt tuple of ints (C speed, no int allocated per position): cost O(w).
+* few bits (k <= :data:`PEEL_LIMIT`, or k <= 2 * PEEL_LIMIT when 128 < w <= 1024): peel the
+  top set bit (:func:`peel_bits`): each step clears it, so the int shrinks to the next
+  member's width (a few big-int operations per member: cheap while k is small);
+* sparse (:func:`word_path`: k * 16 < w, w > 256): split the int into 64-bit words once
+  (``to_bytes`` + ``struct``), skip the zero words with :func:`itertools.compress`, and peel
+  bits inside each non-zero word (cheap small-int arithmetic): cost O(w / 64 + k);
+* dense: render the int in binary once (:func:`bit_flags`) and let
+  :func:`itertools.compress` pick the positions from a prebuilt tuple of ints (C speed, no int
+  allocated per position): cost O(w).
 
-The thresholds were measured (see docs/DESIGN.md); every path returns the same ascending list.
+The thresholds were measured (see docs/DESIGN.md); every path of :func:`set_bits` returns the
+same ascending list. The vpmap layer uses the pieces directly (the adaptive map renders with
+:func:`bit_flags` and peels as :func:`peel_bits` does; its cost model,
+:mod:`vpindex.vpmap.costs`, prices these same regimes), so each threshold lives here once.
 """
 
 from __future__ import annotations
@@ -21,29 +26,64 @@ import struct
 from itertools import compress
 from typing import Final
 
-__all__ = ["BIT_POSITIONS", "set_bits"]
+__all__ = [
+    "ASCII_TO_BIT",
+    "BIT_POSITIONS",
+    "PEEL_LIMIT",
+    "WORD_PATH_MIN_WIDTH",
+    "WORD_PATH_RATIO",
+    "bit_flags",
+    "peel_bits",
+    "set_bits",
+    "word_path",
+]
 
 #: popcount at or below which peeling single bits beats the other two paths.
-_PEEL_LIMIT: Final = 12
-#: the word path is used while popcount * _SPARSE_RATIO < bit length.
-_SPARSE_RATIO: Final = 16
-_ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
+PEEL_LIMIT: Final = 12
+#: The word path serves ints wider than this many bits ...
+WORD_PATH_MIN_WIDTH: Final = 256
+#: ... whose popcount times this ratio is below their width.
+WORD_PATH_RATIO: Final = 16
+#: ``bytes.translate`` table turning the ASCII ``0``/``1`` of ``bin()`` into bytes 0/1.
+ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
 #: Positions 0..4095 as ready-made ints: ``compress`` hands them out without allocating.
 BIT_POSITIONS: Final = tuple(range(4096))
+
+
+def word_path(k: int, w: int) -> bool:
+    """True if a ``w``-bit int with ``k`` set bits is wide and sparse enough for the word path
+    (split into 64-bit words, zero words skipped)."""
+    return w > WORD_PATH_MIN_WIDTH and WORD_PATH_RATIO * k < w
+
+
+def peel_bits(mask: int) -> list[int]:
+    """The positions of the set bits of ``mask`` (>= 0), in *descending* order, one step per
+    member: take the top bit and clear it. Clearing the top bit shrinks the int to the next
+    member's width, where ``m & -m`` would work on the full width (and a negative) every
+    step; the cost is O(k w / 30) digit operations, so use it for small k."""
+    out = []
+    while mask:
+        top = mask.bit_length() - 1
+        out.append(top)
+        mask ^= 1 << top
+    return out
+
+
+def bit_flags(mask: int) -> bytes:
+    """``mask`` (>= 0) rendered as one byte per bit, lowest bit first: byte i is 1 if bit i is
+    set, else 0; ``max(1, mask.bit_length())`` bytes. O(w), in C."""
+    return bin(mask).encode("ascii").translate(ASCII_TO_BIT)[:1:-1]
 
 
 def set_bits(mask: int) -> list[int]:
     """The positions of the set bits of ``mask`` (>= 0), in ascending order."""
     k = mask.bit_count()
     width = mask.bit_length()
-    if k <= _PEEL_LIMIT or (k <= 2 * _PEEL_LIMIT and 128 < width <= 1024):
-        out = []
-        while mask:
-            low = mask & -mask
-            out.append(low.bit_length() - 1)
-            mask ^= low
+    if k <= PEEL_LIMIT or (k <= 2 * PEEL_LIMIT and 128 < width <= 1024):
+        out = peel_bits(mask)
+        out.reverse()
         return out
-    if width > 256 and k * _SPARSE_RATIO < width:
+    if word_path(k, width):
         n_words = (width + 63) >> 6
         words = struct.unpack(f"<{n_words}Q", mask.to_bytes(8 * n_words, "little"))
         out = []
@@ -55,6 +95,5 @@ def set_bits(mask: int) -> list[int]:
                 out.append(base + low.bit_length() - 1)
                 word ^= low
         return out
-    flags = bin(mask).encode("ascii").translate(_ASCII_TO_BIT)[:1:-1]
     positions = BIT_POSITIONS if width <= len(BIT_POSITIONS) else range(width)
-    return list(compress(positions, flags))
+    return list(compress(positions, bit_flags(mask)))

@@ -31,13 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from vpindex.abi.bits import PEEL_LIMIT, word_path
 from vpindex.lab.bodies import resolve_body
 from vpindex.lab.fixtures import Fixtures
 from vpindex.lab.report import machine_info
 from vpindex.lab.timing import Timing, measure_interleaved
 from vpindex.vpmap import AdaptiveMap
 from vpindex.vpmap.adaptive import AdaptiveSnapshot
-from vpindex.vpmap.costs import MODEL, PEEL_LIMIT, CostModel, word_path
+from vpindex.vpmap.costs import MODEL, CostModel
 from vpindex.vpmap.walk import Walker
 
 __all__ = [

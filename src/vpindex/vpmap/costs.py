@@ -17,9 +17,11 @@ The model, all figures in ns for one ``resolve`` call, k members, w = the set's 
 n vCPUs, W = the largest held VP index + 1:
 
 * lookup, by how the members are extracted (the regimes of :func:`vpindex.abi.bits.set_bits`
-  as the adaptive map uses them): peeling the top bit for k <= ``PEEL_LIMIT`` costs
+  as the adaptive map uses them; the thresholds are that module's): peeling the top bit
+  (:func:`~vpindex.abi.bits.peel_bits`) for k <= ``PEEL_LIMIT`` costs
   ``peel_fixed + peel_per_bit w + k (peel_per_member + peel_per_member_bit w)`` (each step
-  works on the whole w-bit int); the word path for a wide, sparse int (:func:`word_path`)
+  works on the whole w-bit int); the word path for a wide, sparse int
+  (:func:`~vpindex.abi.bits.word_path`)
   costs ``words_fixed + words_per_bit w + words_per_member k``; rendering the int once costs
   ``flat_fixed + flat_per_bit w + flat_per_member k``;
 * walk: with a bit table ``bit_walk_fixed + bit_walk_per_bit W + bit_walk_per_vcpu n``, with
@@ -35,30 +37,12 @@ from dataclasses import dataclass
 from math import ceil
 from typing import Final
 
-__all__ = [
-    "MODEL",
-    "NEVER",
-    "PEEL_LIMIT",
-    "WORD_PATH_MIN_WIDTH",
-    "WORD_PATH_RATIO",
-    "CostModel",
-    "word_path",
-]
+from vpindex.abi.bits import PEEL_LIMIT, WORD_PATH_MIN_WIDTH, WORD_PATH_RATIO, word_path
+
+__all__ = ["MODEL", "NEVER", "CostModel"]
 
 #: A set width no set reaches: "never walk" in :meth:`CostModel.peel_widths`.
 NEVER: Final = 1 << 30
-#: Sets of at most this many members are peeled bit by bit (top bit first) by the adaptive map.
-PEEL_LIMIT: Final = 12
-#: ``set_bits``' word path serves ints wider than this many bits ...
-WORD_PATH_MIN_WIDTH: Final = 256
-#: ... whose popcount times this ratio is below their width.
-WORD_PATH_RATIO: Final = 16
-
-
-def word_path(k: int, w: int) -> bool:
-    """True if a ``w``-bit int with ``k`` set bits goes through ``set_bits``' word path (split
-    into 64-bit words, zero words skipped): wide and sparse."""
-    return w > WORD_PATH_MIN_WIDTH and WORD_PATH_RATIO * k < w
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from itertools import compress, repeat
 from operator import and_, itemgetter, lshift, rshift, sub
 from typing import Final
 
-from vpindex.abi.bits import _ASCII_TO_BIT
+from vpindex.abi.bits import ASCII_TO_BIT
 from vpindex.abi.vpset import VpSet
 from vpindex.vpmap.base import MapBase, Snapshot, scan_vp_indexes
 from vpindex.vpmap.costs import MODEL
@@ -81,7 +81,7 @@ class Walker:
             mask &= (1 << self._width) - 1
         bits = self._bits
         if bits is None:
-            table = bin(mask | self._top).encode("ascii").translate(_ASCII_TO_BIT)
+            table = bin(mask | self._top).encode("ascii").translate(ASCII_TO_BIT)
             return frozenset(compress(self._vcpus, self._getter(table)))
         raw = mask.to_bytes(self._size, "little")
         return frozenset(compress(self._vcpus, map(and_, self._getter(raw), bits)))
