@@ -187,6 +187,28 @@ def test_every_backend_error_is_a_kvm_error() -> None:
     assert issubclass(IoctlError, OSError)  # callers catching OSError still see ioctl failures
 
 
+def test_a_failed_ioctl_names_its_request() -> None:
+    """The error names the request from its enum member (no hand-written copy of the name);
+    a plain number is named in hex; an explicit ``what`` wins."""
+    import os
+
+    from vpindex.backends.kvm import IoctlError
+    from vpindex.backends.kvm._libc import ioctl
+
+    fd = os.open(os.devnull, os.O_RDONLY)  # not a KVM fd: every KVM ioctl fails
+    try:
+        with pytest.raises(IoctlError, match=r"^\[Errno \d+\] KVM_GET_REGS: "):
+            ioctl(fd, Ioctl.GET_REGS, 0)
+        with pytest.raises(IoctlError, match=r"KVM_X86_SET_MSR_FILTER: "):
+            ioctl(fd, Ioctl.X86_SET_MSR_FILTER, 0)
+        with pytest.raises(IoctlError, match=rf"{hex(int(Ioctl.GET_REGS))}: "):
+            ioctl(fd, int(Ioctl.GET_REGS), 0)
+        with pytest.raises(IoctlError, match=r"KVM_ENABLE_CAP\(X\): "):
+            ioctl(fd, Ioctl.ENABLE_CAP, 0, what="KVM_ENABLE_CAP(X)")
+    finally:
+        os.close(fd)
+
+
 def test_not_a_kvm_device_is_a_clear_error() -> None:
     from vpindex.backends.kvm.system import Kvm
 

@@ -12,7 +12,7 @@ import os
 
 from vpindex.backends.kvm.errors import IoctlError
 
-__all__ = ["ioctl", "ioctl_raw"]
+__all__ = ["ioctl", "ioctl_raw", "request_name"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
@@ -30,9 +30,17 @@ def ioctl_raw(fd: int, request: int, arg: int | None = 0) -> tuple[int, int]:
 
 def ioctl(fd: int, request: int, arg: int | None = 0, *, what: str = "") -> int:
     """Issue the ioctl; raise :class:`IoctlError` (an ``OSError`` naming ``what``) on failure,
-    else return its result."""
+    else return its result. ``what`` defaults to the name of ``request`` when it is a member
+    of a request enum (``Ioctl.GET_REGS`` -> ``KVM_GET_REGS``), else to its number in hex."""
     r = _ioctl(fd, request, arg)
     if r < 0:
         err = ctypes.get_errno()
-        raise IoctlError(err, f"{what or hex(request)}: {os.strerror(err)}")
+        raise IoctlError(err, f"{what or request_name(request)}: {os.strerror(err)}")
     return int(r)
+
+
+def request_name(request: int) -> str:
+    """The ``<linux/kvm.h>`` name of ``request``: ``KVM_`` + its enum member name, or its
+    number in hex for a plain int."""
+    name = getattr(request, "name", None)
+    return f"KVM_{name}" if isinstance(name, str) else hex(request)

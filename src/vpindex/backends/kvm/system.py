@@ -41,7 +41,7 @@ class Kvm:
         except OSError as e:
             raise KvmUnavailable(f"cannot open {path}: {e.strerror}") from None
         try:
-            version = ioctl(self.fd, Ioctl.GET_API_VERSION, what="KVM_GET_API_VERSION")
+            version = ioctl(self.fd, Ioctl.GET_API_VERSION)
         except OSError as e:
             os.close(self.fd)
             raise KvmUnavailable(f"{path} is not a KVM device ({e.strerror})") from None
@@ -57,7 +57,7 @@ class Kvm:
 
     def check_extension(self, cap: Cap) -> int:
         """KVM_CHECK_EXTENSION: 0 when absent, else a cap-specific positive value."""
-        return ioctl(self.fd, Ioctl.CHECK_EXTENSION, int(cap), what="KVM_CHECK_EXTENSION")
+        return ioctl(self.fd, Ioctl.CHECK_EXTENSION, int(cap))
 
     def missing_caps(self) -> list[str]:
         """Human-readable list of the required capabilities this host lacks."""
@@ -75,7 +75,7 @@ class Kvm:
 
     def vcpu_mmap_size(self) -> int:
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from each vCPU fd (kvm_run + pio page...)."""
-        return ioctl(self.fd, Ioctl.GET_VCPU_MMAP_SIZE, what="KVM_GET_VCPU_MMAP_SIZE")
+        return ioctl(self.fd, Ioctl.GET_VCPU_MMAP_SIZE)
 
     def max_vcpus(self) -> int:
         """KVM_CAP_MAX_VCPUS (0 means the kernel did not say)."""
@@ -98,4 +98,4 @@ class Kvm:
 
     def create_vm_fd(self) -> int:
         """KVM_CREATE_VM (default machine type); the caller owns the returned fd."""
-        return ioctl(self.fd, Ioctl.CREATE_VM, 0, what="KVM_CREATE_VM")
+        return ioctl(self.fd, Ioctl.CREATE_VM, 0)

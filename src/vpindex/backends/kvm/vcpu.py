@@ -112,7 +112,7 @@ class Vcpu:
         for sig in blocked:
             bits |= 1 << (int(sig) - 1)
         buf = ctypes.create_string_buffer(U32.pack(_SIGSET_BYTES) + U64.pack(bits))
-        ioctl(self.fd, Ioctl.SET_SIGNAL_MASK, ctypes.addressof(buf), what="KVM_SET_SIGNAL_MASK")
+        ioctl(self.fd, Ioctl.SET_SIGNAL_MASK, ctypes.addressof(buf))
 
     # -- exit decoding (valid right after run() returned that reason) -----------------------
     def io_exit(self) -> IoExit:
@@ -181,44 +181,44 @@ class Vcpu:
     def get_regs(self) -> KvmRegs:
         """KVM_GET_REGS."""
         regs = KvmRegs()
-        ioctl(self.fd, Ioctl.GET_REGS, ctypes.addressof(regs), what="KVM_GET_REGS")
+        ioctl(self.fd, Ioctl.GET_REGS, ctypes.addressof(regs))
         return regs
 
     def set_regs(self, regs: KvmRegs) -> None:
         """KVM_SET_REGS."""
-        ioctl(self.fd, Ioctl.SET_REGS, ctypes.addressof(regs), what="KVM_SET_REGS")
+        ioctl(self.fd, Ioctl.SET_REGS, ctypes.addressof(regs))
 
     def get_sregs(self) -> KvmSregs:
         """KVM_GET_SREGS."""
         sregs = KvmSregs()
-        ioctl(self.fd, Ioctl.GET_SREGS, ctypes.addressof(sregs), what="KVM_GET_SREGS")
+        ioctl(self.fd, Ioctl.GET_SREGS, ctypes.addressof(sregs))
         return sregs
 
     def set_sregs(self, sregs: KvmSregs) -> None:
         """KVM_SET_SREGS."""
-        ioctl(self.fd, Ioctl.SET_SREGS, ctypes.addressof(sregs), what="KVM_SET_SREGS")
+        ioctl(self.fd, Ioctl.SET_SREGS, ctypes.addressof(sregs))
 
     def get_xmm(self) -> bytes:
         """XMM0..XMM5 (96 bytes, low qword first) via KVM_GET_FPU."""
         fpu = KvmFpu()
-        ioctl(self.fd, Ioctl.GET_FPU, ctypes.addressof(fpu), what="KVM_GET_FPU")
+        ioctl(self.fd, Ioctl.GET_FPU, ctypes.addressof(fpu))
         return bytes(fpu.raw)[FPU_XMM_OFFSET : FPU_XMM_OFFSET + XMM_INPUT_BYTES]
 
     def set_mp_state(self, state: MpState) -> None:
         """KVM_SET_MP_STATE (APs start UNINITIALIZED with the in-kernel irqchip)."""
         buf = ctypes.c_uint32(state)
-        ioctl(self.fd, Ioctl.SET_MP_STATE, ctypes.addressof(buf), what="KVM_SET_MP_STATE")
+        ioctl(self.fd, Ioctl.SET_MP_STATE, ctypes.addressof(buf))
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Queue exception ``vector`` for delivery on the next KVM_RUN (KVM_SET_VCPU_EVENTS)."""
         ev = KvmVcpuEvents()
-        ioctl(self.fd, Ioctl.GET_VCPU_EVENTS, ctypes.addressof(ev), what="KVM_GET_VCPU_EVENTS")
+        ioctl(self.fd, Ioctl.GET_VCPU_EVENTS, ctypes.addressof(ev))
         ev.exception_injected = 1
         ev.exception_pending = 0
         ev.exception_nr = vector
         ev.exception_has_error_code = 0 if error_code is None else 1
         ev.exception_error_code = error_code or 0
-        ioctl(self.fd, Ioctl.SET_VCPU_EVENTS, ctypes.addressof(ev), what="KVM_SET_VCPU_EVENTS")
+        ioctl(self.fd, Ioctl.SET_VCPU_EVENTS, ctypes.addressof(ev))
 
     def set_cpuid(self, entries: list[CpuidEntry2]) -> None:
         """KVM_SET_CPUID2 (before the first KVM_RUN)."""
@@ -226,7 +226,7 @@ class Vcpu:
         buf.nent = len(entries)
         for i, e in enumerate(entries):
             buf.entries[i] = e
-        ioctl(self.fd, Ioctl.SET_CPUID2, ctypes.addressof(buf), what="KVM_SET_CPUID2")
+        ioctl(self.fd, Ioctl.SET_CPUID2, ctypes.addressof(buf))
 
     def tsc_khz(self) -> int:
         """KVM_GET_TSC_KHZ: the guest TSC frequency."""

@@ -65,16 +65,11 @@ class Vm:
     def set_user_memory_region(self, slot: int, gpa: int, size: int, uaddr: int) -> None:
         """KVM_SET_USER_MEMORY_REGION."""
         region = UserspaceMemoryRegion(slot, 0, gpa, size, uaddr)
-        ioctl(
-            self.fd,
-            Ioctl.SET_USER_MEMORY_REGION,
-            ctypes.addressof(region),
-            what="KVM_SET_USER_MEMORY_REGION",
-        )
+        ioctl(self.fd, Ioctl.SET_USER_MEMORY_REGION, ctypes.addressof(region))
 
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPIC (before any vCPU)."""
-        ioctl(self.fd, Ioctl.CREATE_IRQCHIP, 0, what="KVM_CREATE_IRQCHIP")
+        ioctl(self.fd, Ioctl.CREATE_IRQCHIP, 0)
 
     def enable_cap(self, cap: Cap, *args: int) -> None:
         """KVM_ENABLE_CAP on the VM."""
@@ -102,9 +97,7 @@ class Vm:
         rng.nmsrs = count
         rng.base = base
         rng.bitmap = ctypes.addressof(self._msr_bitmap)
-        ioctl(
-            self.fd, Ioctl.X86_SET_MSR_FILTER, ctypes.addressof(filt), what="KVM_X86_SET_MSR_FILTER"
-        )
+        ioctl(self.fd, Ioctl.X86_SET_MSR_FILTER, ctypes.addressof(filt))
 
     def signal_msi(self, apic_id: int, vector: int) -> int:
         """KVM_SIGNAL_MSI: a fixed, edge-triggered, physical-destination interrupt ``vector`` to
@@ -123,4 +116,4 @@ class Vm:
 
     def create_vcpu_fd(self, vcpu_id: int) -> int:
         """KVM_CREATE_VCPU with ``vcpu_id`` (= the initial APIC ID)."""
-        return ioctl(self.fd, Ioctl.CREATE_VCPU, vcpu_id, what="KVM_CREATE_VCPU")
+        return ioctl(self.fd, Ioctl.CREATE_VCPU, vcpu_id)
