@@ -46,8 +46,10 @@ def test_features_fixed_once_the_guest_starts():
     with pytest.raises(PartitionStateError):
         p.set_features(Features.none())
     assert p.features == ALL
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="features must be a Features flag, got 7"):
         Partition(1, features=7)
+    with pytest.raises(ValueError, match="features must be a Features flag, got 7"):
+        Partition(1).set_features(7)
 
 
 def test_partition_dimensions():

@@ -54,6 +54,12 @@ def _check_u64(name: str, value: object) -> int:
     return value
 
 
+def _check_features(features: object) -> Features:
+    if not isinstance(features, Features):
+        raise ValueError(f"features must be a Features flag, got {features!r}")
+    return features
+
+
 class Partition:
     """One VM as the hypervisor sees it.
 
@@ -95,10 +101,7 @@ class Partition:
             not isinstance(history, int) or isinstance(history, bool) or history < 1
         ):
             raise ValueError(f"history must be None or an int >= 1, got {history!r}")
-        if features is None:
-            features = Features.all()
-        if not isinstance(features, Features):
-            raise ValueError(f"features must be a Features flag, got {features!r}")
+        features = _check_features(Features.all() if features is None else features)
         self._map: VpIndexMap = make_map(strategy, n_vcpus, max_vp_index=max_vp_index)
         self._n = n_vcpus
         self._strategy = strategy
@@ -152,8 +155,7 @@ class Partition:
         """Change the advertised features. Only before the guest has touched a synthetic MSR or
         issued a hypercall: a running guest has already read CPUID. Raises
         PartitionStateError otherwise, changing nothing."""
-        if not isinstance(features, Features):
-            raise ValueError(f"features must be a Features flag, got {features!r}")
+        _check_features(features)
         if self._started:
             raise PartitionStateError(
                 f"cannot change features to {features!r}: the guest has already started "

@@ -284,6 +284,14 @@ class _Sender:
         from Map.PERCPU."""
         self.a.op(C.IMUL_R64_RM64_IMM32, RAX, mem(R9, index=RCX, scale=8), Map.PERCPU_SIZE)
 
+    def compare_counter(self) -> None:
+        """Inside a watch loop, with R8 = Config.expected and R9 = Config.watch_vp: RAX =
+        COUNTERS[watch_vp[j]], compared (CMP) with EXPECTED[j]; a jump on the flags follows."""
+        a = self.a
+        a.op(C.MOV_R64_RM64, RAX, mem(R9, index=RCX, scale=8))
+        a.op(C.MOV_R64_RM64, RAX, mem(disp=Map.COUNTERS, index=RAX, scale=8))
+        a.op(C.CMP_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
+
     def return_flag(self, no: Label) -> None:
         """Return RAX = 1 here, RAX = 0 from ``no``."""
         a = self.a
@@ -452,9 +460,7 @@ class _Sender:
         a.op(C.MOV_R64_RM64, R8, mem(RBP, CONFIG.expected))
         a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_vp))
         top, nxt, end = self.loop_watch("verify")
-        a.op(C.MOV_R64_RM64, RAX, mem(R9, index=RCX, scale=8))
-        a.op(C.MOV_R64_RM64, RAX, mem(disp=Map.COUNTERS, index=RAX, scale=8))
-        a.op(C.CMP_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
+        self.compare_counter()
         a.op(C.JE_REL32_64, nxt)
         a.op(C.INC_RM64, mem(RSI, RESULT.mismatch))
         self.end_loop(top, nxt, end)
@@ -466,9 +472,7 @@ class _Sender:
         a.op(C.MOV_R64_RM64, R9, mem(RBP, CONFIG.watch_vp))
         no = a.label("ipi_reached_no")
         top, nxt, end = self.loop_watch("reached")
-        a.op(C.MOV_R64_RM64, RAX, mem(R9, index=RCX, scale=8))
-        a.op(C.MOV_R64_RM64, RAX, mem(disp=Map.COUNTERS, index=RAX, scale=8))
-        a.op(C.CMP_R64_RM64, RAX, mem(R8, index=RCX, scale=8))
+        self.compare_counter()
         a.op(C.JB_REL32_64, no)
         self.end_loop(top, nxt, end)
         self.return_flag(no)
