@@ -5,7 +5,7 @@ clock, runs ``loops`` iterations and returns the elapsed nanoseconds."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import Final
 
@@ -17,7 +17,14 @@ from vpindex.lab.grid import Cell
 from vpindex.lab.timing import Body, clock_ns
 from vpindex.vpmap import VpIndexMap
 
-__all__ = ["body_for", "hypercall_body", "resolve_body", "update_body", "vcpu_of_body"]
+__all__ = [
+    "body_for",
+    "hypercall_body",
+    "resolve_body",
+    "resolve_list_body",
+    "update_body",
+    "vcpu_of_body",
+]
 
 _INPUT_GPA: Final = 0x10000
 #: Memory per partition in the hypercall op: input page plus room.
@@ -27,9 +34,20 @@ _PARTITION_MEMORY: Final = 1 << 20
 def resolve_body(m: VpIndexMap, mask: int) -> Body:
     """``m.resolve`` of a freshly decoded set per call (``VpSet.from_mask``, made before the
     clock starts: its member tuple is not cached, as on the hypercall path)."""
+    return resolve_list_body(m, (mask,))
+
+
+def resolve_list_body(m: VpIndexMap, masks: Sequence[int | None]) -> Body:
+    """``m.resolve`` of each of ``masks`` in turn per loop (None: the all-VPs set), a freshly
+    decoded set per call, as :func:`resolve_body`: ``len(masks)`` calls per loop."""
 
     def body(loops: int) -> int:
-        pool = [VpSet.from_mask(mask) for _ in range(loops)]
+        all_set = VpSet.all()
+        pool = [
+            all_set if mask is None else VpSet.from_mask(mask)
+            for _ in range(loops)
+            for mask in masks
+        ]
         resolve = m.resolve
         t0 = clock_ns()
         for vs in pool:

@@ -42,7 +42,8 @@ from typing import Any, Final
 
 from vpindex.abi import FlushFlags, HvCallCode, VpSet
 from vpindex.abi.vpset import FORMAT_ALL, FORMAT_SPARSE_4K, MAX_VP_INDEX
-from vpindex.lab.timing import Timing, clock_ns, measure_interleaved
+from vpindex.lab.bodies import resolve_list_body
+from vpindex.lab.timing import Timing, measure_interleaved
 from vpindex.vpmap import STRATEGIES, make_map
 
 __all__ = [
@@ -438,23 +439,7 @@ def replay(
     sizes = [len(r) for r in first]
     timings: dict[str, Timing] = {}
     if sets:
-
-        def body_for(resolve: Any) -> Any:
-            def body(loops: int) -> int:
-                all_set = VpSet.all()
-                pool = [
-                    all_set if mask is None else VpSet.from_mask(mask)
-                    for _ in range(loops)
-                    for mask in masks
-                ]
-                t0 = clock_ns()
-                for vs in pool:
-                    resolve(vs)
-                return clock_ns() - t0
-
-            return body
-
-        bodies = [body_for(m.resolve) for m in maps.values()]
+        bodies = [resolve_list_body(m, masks) for m in maps.values()]
         results = measure_interleaved(
             bodies,
             repeat=repeat,

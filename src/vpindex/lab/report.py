@@ -31,6 +31,12 @@ class Goal:
     met: bool | None
     detail: str
 
+    @classmethod
+    def judged(cls, name: str, oks: list[bool], parts: list[str]) -> Goal:
+        """The goal met when every judged cell is ok (``oks``), None when no cell was judged;
+        the detail joins ``parts``, one per cell group."""
+        return cls(name, all(oks) if oks else None, "; ".join(parts) or "no data")
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "met": self.met, "detail": self.detail}
 
@@ -70,6 +76,7 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
     # 1. adaptive within 1.10x of the best everywhere. On a shared machine a 10% gap is within
     # the noise of a median, so a cell counts as "meaningfully behind" only when adaptive is
     # more than 1.10x behind by the median *and* by the fastest sample.
+    within = f"adaptive within {ADAPTIVE_TOLERANCE:.2f}x of the best in every cell"
     mine = [r for r in res if r.cell.strategy == "adaptive"]
     if mine and len({r.cell.strategy for r in res}) > 1:
         per_op: dict[str, list[int]] = {}
@@ -86,16 +93,16 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
         worst = max(mine, key=lambda r: min(r.ratio, r.ratio_min))
         c = worst.cell
         detail = (
-            "cells within 1.10x by median / by median or min: "
+            f"cells within {ADAPTIVE_TOLERANCE:.2f}x by median / by median or min: "
             + ", ".join(f"{op} {a}/{n} / {b}/{n}" for op, (n, a, b) in per_op.items())
             + f"; behind by both: {len(behind)} ({len(reads)} outside update); worst "
             + f"{worst.ratio:.2f}x (min {worst.ratio_min:.2f}x) at {c.op} {c.mapping} "
             + f"N={c.n} targets={c.targets}"
             + (f" {c.variant}" if c.variant else "")
         )
-        goals.append(Goal("adaptive within 1.10x of the best in every cell", not behind, detail))
+        goals.append(Goal(within, not behind, detail))
     else:
-        goals.append(Goal("adaptive within 1.10x of the best in every cell", None, "no data"))
+        goals.append(Goal(within, None, "no data"))
     # 2. identity resolve grows with banks, not N: the marginal cost per 64-VP bank is a few
     # nanoseconds (big-int words), against a per-vCPU loop's cost per vCPU.
     parts, oks = [], []
@@ -128,13 +135,7 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
         if lo.cell.n in walk and hi.cell.n in walk:
             per_vcpu = (walk[hi.cell.n] - walk[lo.cell.n]) / (hi.cell.n - lo.cell.n)
             parts[-1] += f" (walk: {per_vcpu:.1f} ns per added vCPU)"
-    goals.append(
-        Goal(
-            "identity resolve grows with banks, not N",
-            all(oks) if oks else None,
-            "; ".join(parts) or "no data",
-        )
-    )
+    goals.append(Goal.judged("identity resolve grows with banks, not N", oks, parts))
     # 3. N = 128, one target: adaptive >= 10x faster than scan.
     parts, oks = [], []
     for mapping in sweep.config.mappings:
@@ -147,13 +148,7 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
                 f"{mapping}: scan {format_ns(s[0].timing.median)} / adaptive "
                 f"{format_ns(a[0].timing.median)} = {f:.1f}x"
             )
-    goals.append(
-        Goal(
-            "N=128, one target: adaptive >= 10x faster than scan",
-            all(oks) if oks else None,
-            "; ".join(parts) or "no data",
-        )
-    )
+    goals.append(Goal.judged("N=128, one target: adaptive >= 10x faster than scan", oks, parts))
     # 4. memory.
     parts, oks = [], []
     for mapping in sweep.config.mappings:
@@ -163,11 +158,7 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
             oks.append(f <= 0.1)
             parts.append(f"{mapping}: {mem['adaptive']} B vs {mem['dense']} B = {f:.3f}")
     goals.append(
-        Goal(
-            "memory: adaptive at N=8 <= 1/10 of dense (max_vp_index 4096)",
-            all(oks) if oks else None,
-            "; ".join(parts) or "no data",
-        )
+        Goal.judged("memory: adaptive at N=8 <= 1/10 of dense (max_vp_index 4096)", oks, parts)
     )
     # 5. 128-target Ex flush via Partition.hypercall, slow, < 100 µs.
     parts, oks = [], []
@@ -185,11 +176,7 @@ def evaluate_goals(sweep: SweepResult) -> list[Goal]:
             oks.append(h[0].timing.median < 100_000)
             parts.append(f"{mapping}: {format_ns(h[0].timing.median)}")
     goals.append(
-        Goal(
-            "128-target Ex flush (slow) through Partition.hypercall < 100 µs",
-            all(oks) if oks else None,
-            "; ".join(parts) or "no data",
-        )
+        Goal.judged("128-target Ex flush (slow) through Partition.hypercall < 100 µs", oks, parts)
     )
     return goals
 
