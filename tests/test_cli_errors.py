@@ -75,6 +75,11 @@ USAGE_ERRORS: list[tuple[list[str], str]] = [
     (["bench", "--sample-ms", "0"], "error: --sample-ms: 0 is outside 0.001..10000"),
     (["bench", "--vcpus", "1,99999"], "error: --vcpus: 99999 is outside 1..4096"),
     (["bench", "--targets", "0"], "error: --targets: target count must be"),
+    (["bench", "--vcpus", "1-4000"], "error: --vcpus: the sweep has up to "),
+    (
+        ["bench", "--vcpus", "1-200", "--mapping", "sparse"],
+        "the sweep has 21150 cells; at most 20000",
+    ),
     (["replay", "{file}", "--repeat", "1000"], "error: --repeat: 1000 is outside 1..100"),
     (["replay", "{file}", "--vcpus", "0"], "error: --vcpus: 0 is outside 1..4096"),
     # VP-index lists: the same words on every backend

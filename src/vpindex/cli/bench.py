@@ -16,7 +16,7 @@ from rich.table import Table
 
 from vpindex.backends.sim import MAPPINGS
 from vpindex.cli.errors import bad_option, output_path_callback, printable, write_output
-from vpindex.cli.limits import MAX_BENCH_REPEAT, MAX_SAMPLE_MS
+from vpindex.cli.limits import MAX_BENCH_CELLS, MAX_BENCH_REPEAT, MAX_SAMPLE_MS
 from vpindex.cli.parsing import choice, float_in, int_in, parse_int_list
 from vpindex.lab.grid import (
     DEFAULT_TARGETS,
@@ -30,7 +30,7 @@ from vpindex.lab.grid import (
 )
 from vpindex.lab.records import CellResult, SweepResult
 from vpindex.lab.report import ADAPTIVE_TOLERANCE, evaluate_goals, sweep_to_json
-from vpindex.lab.sweep import run_sweep
+from vpindex.lab.sweep import make_cells, run_sweep
 from vpindex.lab.timing import CLOCKS, clock_name, format_ns, use_clock
 from vpindex.vpmap import STRATEGIES
 
@@ -281,6 +281,15 @@ def bench(
         config.validate()
     except ValueError as err:  # pragma: no cover - every option is checked above
         bad_option("--op", str(err))
+    # An upper bound first (cheap), the exact count when it is near the limit.
+    per_n = len(config.targets) * (1 + len(config.variants)) + 3  # resolve, hypercall, others
+    rough = len(config.vcpus) * len(config.strategies) * len(config.mappings) * per_n
+    if rough > MAX_BENCH_CELLS:
+        cells = len(make_cells(config)) if rough <= 5 * MAX_BENCH_CELLS else rough
+        if cells > MAX_BENCH_CELLS:
+            bad_option("--vcpus", f"the sweep has {'up to ' if cells == rough else ''}{cells} "
+                       f"cells; at most {MAX_BENCH_CELLS} (give fewer --vcpus, --targets, "
+                       "--mapping, --op or --variants)")  # fmt: skip
     use_clock(clock)
     console = Console()
     with Progress(

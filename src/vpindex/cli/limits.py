@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "MAX_BENCH_CELLS",
     "MAX_BENCH_REPEAT",
     "MAX_DECODE_INPUT_BYTES",
     "MAX_GUEST_MEMORY_MIB",
@@ -31,6 +32,9 @@ MAX_TIMEOUT_S: Final = 3600.0
 #: ``run --guest --memory``, MiB of guest RAM.
 MIN_GUEST_MEMORY_MIB: Final = 2
 MAX_GUEST_MEMORY_MIB: Final = 4096
+#: ``bench``: cells in one sweep (the full default sweep has 2,280; each takes ``--repeat``
+#: samples of ``--sample-ms``).
+MAX_BENCH_CELLS: Final = 20_000
 #: ``bench`` / ``replay --repeat``: timed samples per cell.
 MAX_BENCH_REPEAT: Final = 100
 #: ``bench`` / ``replay --sample-ms``: the minimum length of one sample.
