@@ -104,6 +104,20 @@ USAGE_ERRORS: list[tuple[list[str], str]] = [
     (["run", "--backend", "kvm", "--scenario", "scale", "--vp-indexes", "0,2,65"], "not used"),
     (["run", "--backend", "kvm", "--vcpus", "2"], "--vcpus: 2 vCPUs; the KVM suite needs at"),
     (["run", "--backend", "kvm", "--vcpus", "2000"], "--vcpus: 2000 vCPUs; the KVM backend"),
+    (
+        [
+            "run",
+            "--backend",
+            "sim",
+            "--vcpus",
+            "4",
+            "--mapping",
+            "sparse",
+            "--vp-indexes",
+            "1,2,3,4",
+        ],
+        "error: --mapping: sparse: not used with --vp-indexes",
+    ),
     # paths: unreadable, unwritable, a directory, empty
     (["run", "--backend", "sim", "--trace-out", "{missing}"], "error: --trace-out: directory"),
     (["run", "--backend", "sim", "--trace-out", "{dir}"], "--trace-out: {dir} is a directory"),

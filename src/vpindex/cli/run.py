@@ -441,6 +441,8 @@ def run(
     vps = parse_vp_indexes(vp_indexes) if vp_indexes is not None else None
     if vcpus is not None and vps is not None and len(vps) != vcpus:
         bad_option("--vp-indexes", f"names {len(vps)} VP indexes for --vcpus {vcpus}")
+    if mapping is not None and vps is not None:
+        bad_option("--mapping", f"{mapping}: not used with --vp-indexes (they set every VP index)")
     chosen, reason = choose_backend(backend, values)
     req = RunRequest(
         backend=chosen,
@@ -458,8 +460,9 @@ def run(
     status: dict[str, Any] = {"backend": chosen.value, "backend_reason": reason}
     try:
         report = _run_kvm(req) if chosen is Backend.KVM else _run_sim(req)
-    except ValueError as err:  # a combination the backend refuses: the user's to change
-        bad_option(f"--backend {chosen.value}", str(err))
+    except ValueError as err:  # a layout the backend refuses (e.g. the suite's VP 2 and 65)
+        layout = "--vp-indexes" if vps is not None else "--vcpus" if vcpus is not None else None
+        bad_option(layout or f"--backend {chosen.value}", str(err))
     except RuntimeError as err:  # KvmError: a guest fault, a timeout, a VM that cannot be made
         run_failed(f"{type(err).__name__}: {err}", as_json=as_json, doc=status)
     report.backend_reason = reason
