@@ -8,15 +8,12 @@ import struct
 
 import pytest
 
+from helpers import q
 from vpindex.abi import Features
 from vpindex.engine import GuestFault, HypercallEvent, Partition, format_event
 
 GPA = 0x10000
 STAMP0 = "vcpu-0     [000]     0.000000: "
-
-
-def q(*words: int) -> bytes:
-    return struct.pack(f"<{len(words)}Q", *words)
 
 
 #: The KVM selftest layout: vCPU 1 holds VP 2, vCPU 2 VP 65.

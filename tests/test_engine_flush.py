@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from helpers import q
 from vpindex.engine import (
     FLUSH_QUEUE_SLOTS,
     MAX_RECORDED_PAGES,
@@ -17,10 +18,6 @@ from vpindex.engine import (
 )
 
 GPA = 0x10000
-
-
-def q(*words: int) -> bytes:
-    return struct.pack(f"<{len(words)}Q", *words)
 
 
 def list_call(p: Partition, mask: int, entries: Sequence[int], space: int = 0, vcpu: int = 0):

@@ -14,6 +14,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import effects
 from vpindex.abi import Features
 from vpindex.engine import GuestFault, Partition
 
@@ -21,10 +22,6 @@ GPA = 0x1000
 MEM = 1 << 16
 U64 = (1 << 64) - 1
 CODES = [0x02, 0x03, 0x0B, 0x13, 0x14, 0x15]
-
-
-def effects(p: Partition) -> list[tuple[int, int]]:
-    return [(len(p.vcpu(v).ipis), len(p.vcpu(v).flushes)) for v in range(p.n_vcpus)]
 
 
 @st.composite

@@ -10,11 +10,11 @@ strategy. The same calls are then rebuilt by :mod:`vpindex.backends.scenarios` a
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import pytest
 
+from helpers import ipi_ex, q
 from vpindex.abi import HvCallCode, VpSet
 from vpindex.backends.scenarios import (
     IPI_VECTOR,
@@ -33,12 +33,9 @@ HOLDER = {0: 0, 2: 1, 65: 2}  # VP index -> vCPU
 EVERY = frozenset(HOLDER)
 
 
-def q(*words: int) -> bytes:
-    return struct.pack(f"<{len(words)}Q", *words)
-
-
 def ipi_head(*rest: int) -> bytes:
-    return struct.pack(f"<II{len(rest)}Q", 0xFE, 0, *rest)
+    """The selftests' IPI input: vector 0xFE, then ``rest`` as u64 words."""
+    return ipi_ex(0xFE, *rest)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import struct
 
 import pytest
 
+from helpers import effects, ipi, ipi_ex, q
 from vpindex.abi import Features
 from vpindex.engine import GuestFault, Partition
 
@@ -19,22 +20,6 @@ MEM = 1 << 20
 ALL = Features.all()
 
 SUCCESS, CODE, INPUT, ALIGN, DENIED = 0, 2, 3, 4, 6
-
-
-def q(*words: int) -> bytes:
-    return struct.pack(f"<{len(words)}Q", *words)
-
-
-def ipi(vector: int, mask: int) -> bytes:
-    return struct.pack("<IIQ", vector, 0, mask)
-
-
-def ipi_ex(vector: int, *vp_set: int) -> bytes:
-    return struct.pack(f"<II{len(vp_set)}Q", vector, 0, *vp_set)
-
-
-def effects(p: Partition) -> list[tuple[int, int]]:
-    return [(len(p.vcpu(v).ipis), len(p.vcpu(v).flushes)) for v in range(p.n_vcpus)]
 
 
 def call(

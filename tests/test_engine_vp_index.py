@@ -9,14 +9,11 @@ import struct
 
 import pytest
 
+from helpers import ipi
 from vpindex.engine import Partition
 from vpindex.vpmap import STRATEGIES, VpIndexError
 
 GPA = 0x10000
-
-
-def ipi_bytes(vector: int, mask: int) -> bytes:
-    return struct.pack("<IIQ", vector, 0, mask)
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -31,7 +28,7 @@ def test_host_swap_moves_targets(strategy):
     def ipis():
         return [list(p.vcpu(v).ipis) for v in range(3)]
 
-    p.memory.write(GPA, ipi_bytes(0xF0, 0x4))  # VP 2
+    p.memory.write(GPA, ipi(0xF0, 0x4))  # VP 2
     assert p.hypercall(0, 0x0B, GPA) == 0
     p.memory.write(GPA, ex_to_65)
     assert p.hypercall(0, 0x2_0015, GPA) == 0
@@ -39,7 +36,7 @@ def test_host_swap_moves_targets(strategy):
 
     p.assign_vp_indexes({1: 65, 2: 2})
     assert [p.read_msr(v, 0x40000002) for v in range(3)] == [0, 65, 2]
-    p.memory.write(GPA, ipi_bytes(0xF0, 0x4))
+    p.memory.write(GPA, ipi(0xF0, 0x4))
     assert p.hypercall(0, 0x0B, GPA) == 0
     p.memory.write(GPA, ex_to_65)
     assert p.hypercall(0, 0x2_0015, GPA) == 0
@@ -56,7 +53,7 @@ def test_vp_index_moved_to_a_free_value():
     p = Partition(2)
     p.enable_hypercalls()
     p.set_vp_index(1, 64)
-    p.memory.write(GPA, ipi_bytes(0x20, 0x2))  # VP 1 no longer exists: ignored
+    p.memory.write(GPA, ipi(0x20, 0x2))  # VP 1 no longer exists: ignored
     assert p.hypercall(0, 0x0B, GPA) == 0
     assert p.vcpu(1).ipis == []
     p.memory.write(GPA, struct.pack("<IIQQQ", 0x20, 0, 0, 0x2, 0x1))  # VP 64

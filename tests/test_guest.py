@@ -10,16 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import q
 from vpindex.abi import FAST_INPUT_BYTES, XMM_INPUT_BYTES, Features, GvaRange, HvCallCode, VpSet
 from vpindex.engine import Partition
 from vpindex.guest import EncodedCall, encode_call, flush_tlb, send_ipi
 
 GPA = 0x10000
 NO_XMM = Features.all() & ~Features.XMM_HYPERCALL_INPUT
-
-
-def q(*words: int) -> bytes:
-    return struct.pack(f"<{len(words)}Q", *words)
 
 
 def xmm(*words: int) -> bytes:

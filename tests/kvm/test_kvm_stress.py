@@ -25,6 +25,8 @@ import random
 import threading
 import time
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -34,7 +36,7 @@ from vpindex.backends.kvm.guests.suite_layout import CASE, Case, Kind
 from vpindex.backends.kvm.suite_machine import CaseSpec, SenderPlan, SuiteMachine, expected_rax
 from vpindex.backends.report import CaseResult
 from vpindex.backends.scenarios import IPI_VECTOR
-from vpindex.engine import HypercallEvent
+from vpindex.engine import HypercallEvent, Partition
 from vpindex.guest import encode_call
 
 VPS = [0, 2, 65, 130, 200, 4000]
@@ -55,6 +57,45 @@ def _wait_for_boot(sm: SuiteMachine, stop: threading.Event) -> None:
     once every vCPU has booted (or the run is over)."""
     while not stop.is_set() and not all(sm.percpu(i).ready for i in range(len(VPS))):
         time.sleep(0.001)
+
+
+@contextmanager
+def suite_while_swapping(
+    cases: list[CaseSpec], iterations: int, swap: Callable[[Partition], None]
+) -> Iterator[tuple[SuiteMachine, SenderPlan]]:
+    """Boot the suite VM (vCPU 0 sends ``cases`` ``iterations`` times, vCPUs 1-5 idle) with
+    event logging on, and run it while a VMM thread calls ``swap(partition)`` every 0.2 ms
+    from the moment every vCPU has booted; yield the finished machine and its plan (closed on
+    exit). An exception in ``swap`` stops the swapping and fails the test."""
+    plan = SenderPlan(0, cases, list(range(len(VPS))), iterations)
+    sm = SuiteMachine(vcpus=len(VPS), vp_indexes=VPS, roles=["sender"] + ["idle"] * 5, plans=[plan])
+    try:
+        p = sm.machine.partition
+        p.log_events = True
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def swapper() -> None:
+            _wait_for_boot(sm, stop)
+            while not stop.is_set():
+                try:
+                    swap(p)
+                except Exception as exc:  # pragma: no cover - reported below
+                    errors.append(repr(exc))
+                    return
+                time.sleep(0.0002)
+
+        t = threading.Thread(target=swapper, name="vmm-swapper", daemon=True)
+        t.start()
+        try:
+            sm.run(timeout=480)
+        finally:
+            stop.set()
+            t.join(5)
+        assert not errors, errors
+        yield sm, plan
+    finally:
+        sm.close()
 
 
 @dataclass
@@ -84,36 +125,16 @@ def run_swap_stress(pairs: list[tuple[int, int]], sets: dict[str, tuple[set[int]
                     f"swap/{name}/{mode}", Kind.IPI, call, frozenset(targets), expected_rax(call)
                 )
             )
-    plan = SenderPlan(0, cases, list(range(len(VPS))), iterations)
-    sm = SuiteMachine(vcpus=len(VPS), vp_indexes=VPS, roles=["sender"] + ["idle"] * 5, plans=[plan])
-    try:
+    rng = random.Random(7)
+    swaps: list[int] = []
+
+    def swap(p: Partition) -> None:
+        a, b = pairs[rng.randrange(len(pairs))]
+        p.assign_vp_indexes({a: p.vp_index_of(b), b: p.vp_index_of(a)})
+        swaps.append(time.perf_counter_ns())
+
+    with suite_while_swapping(cases, iterations, swap) as (sm, plan):
         p = sm.machine.partition
-        p.log_events = True
-        stop = threading.Event()
-        swaps: list[int] = []
-        errors: list[str] = []
-
-        def swapper() -> None:
-            rng = random.Random(7)
-            _wait_for_boot(sm, stop)
-            while not stop.is_set():
-                a, b = pairs[rng.randrange(len(pairs))]
-                try:
-                    p.assign_vp_indexes({a: p.vp_index_of(b), b: p.vp_index_of(a)})
-                except Exception as exc:  # pragma: no cover - reported below
-                    errors.append(repr(exc))
-                    return
-                swaps.append(time.perf_counter_ns())
-                time.sleep(0.0002)
-
-        t = threading.Thread(target=swapper, name="vmm-swapper", daemon=True)
-        t.start()
-        try:
-            sm.run(timeout=480)
-        finally:
-            stop.set()
-            t.join(5)
-        assert not errors, errors
         events = [e for e in p.events if e.code == HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX]
         first, last = events[0].start_ns, events[-1].start_ns + events[-1].duration_ns
         receivers = range(1, len(VPS))
@@ -124,8 +145,6 @@ def run_swap_stress(pairs: list[tuple[int, int]], sets: dict[str, tuple[set[int]
             {v: sm.ipis_counted(VPS[v]) for v in receivers},
             {v: len(p.vcpu(v).ipis) for v in receivers},
         )
-    finally:
-        sm.close()
 
 
 @pytest.mark.timeout(600)
@@ -173,34 +192,20 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
         )
         cases.append(CaseSpec(f"moving/{k}", Kind.CALL_ONLY, call, frozenset(), expected_rax(call)))
     iterations = max(ITERATIONS // 2, 50)
-    plan = SenderPlan(0, cases, list(range(len(VPS))), iterations)
-    sm = SuiteMachine(vcpus=len(VPS), vp_indexes=VPS, roles=["sender"] + ["idle"] * 5, plans=[plan])
-    try:
+    rng = random.Random(11)
+    # (published no earlier than, published no later than, vCPU -> VP index)
+    history: list[tuple[int, int, tuple[int, ...]]] = [(-1, -1, tuple(VPS))]
+
+    def swap(p: Partition) -> None:
+        a, b = rng.sample(range(1, len(VPS)), 2)
+        cur = list(history[-1][2])
+        cur[a], cur[b] = cur[b], cur[a]
+        t0 = time.perf_counter_ns()
+        p.assign_vp_indexes({a: cur[a], b: cur[b]})
+        history.append((t0, time.perf_counter_ns(), tuple(cur)))
+
+    with suite_while_swapping(cases, iterations, swap) as (sm, plan):
         p = sm.machine.partition
-        p.log_events = True
-        stop = threading.Event()
-        # (published no earlier than, published no later than, vCPU -> VP index)
-        history: list[tuple[int, int, tuple[int, ...]]] = [(-1, -1, tuple(VPS))]
-
-        def swapper() -> None:
-            rng = random.Random(11)
-            _wait_for_boot(sm, stop)
-            while not stop.is_set():
-                a, b = rng.sample(range(1, len(VPS)), 2)
-                cur = list(history[-1][2])
-                cur[a], cur[b] = cur[b], cur[a]
-                t0 = time.perf_counter_ns()
-                p.assign_vp_indexes({a: cur[a], b: cur[b]})
-                history.append((t0, time.perf_counter_ns(), tuple(cur)))
-                time.sleep(0.0002)
-
-        t = threading.Thread(target=swapper, name="vmm-swapper", daemon=True)
-        t.start()
-        try:
-            sm.run(timeout=480)
-        finally:
-            stop.set()
-            t.join(5)
         results = sm.case_results(plan)
         assert all(r.passed for r in results), [r for r in results if not r.passed]
         input_gpa = {
@@ -238,5 +243,3 @@ def test_each_ipi_reaches_the_holder_in_a_map_published_during_the_call() -> Non
             f"{received} of {sum(len(p.vcpu(v).ipis) for v in range(1, len(VPS)))} interrupts "
             "counted by the guest (the LAPIC merges back-to-back ones)"
         )
-    finally:
-        sm.close()
