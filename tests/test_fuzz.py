@@ -17,16 +17,24 @@ pytest.importorskip("atheris", reason="atheris is not installed (pip install '.[
 RUNS = 2000
 
 
-def _fuzz(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
-    proc = subprocess.run(
+def _run_fuzz(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m vpindex.fuzz ARGS``, output captured as text, whatever its exit status."""
+    return subprocess.run(
         [sys.executable, "-m", "vpindex.fuzz", *args],
         check=False,
         capture_output=True,
         text=True,
         env=env,
         cwd=cwd,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def _fuzz(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Its stdout, after checking that it exited 0."""
+    proc = _run_fuzz(*args, env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc.stdout
 
@@ -52,26 +60,13 @@ def test_missing_atheris_exits_2(tmp_path: Path) -> None:
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('no atheris here')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "vpindex.fuzz", "vpset", "--runs", "10"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    proc = _run_fuzz("vpset", "--runs", "10", env=env, timeout=60)
     assert proc.returncode == 2
     assert "needs atheris" in proc.stderr
 
 
 def test_unknown_target_is_a_usage_error() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vpindex.fuzz", "nope"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_fuzz("nope", timeout=60)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
