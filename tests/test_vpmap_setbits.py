@@ -9,6 +9,7 @@ from vpindex.abi.bits import (
     WORD_PATH_MIN_WIDTH,
     WORD_PATH_RATIO,
     bit_flags,
+    from_bit_flags,
     peel_bits,
     set_bits,
     word_path,
@@ -49,6 +50,7 @@ def test_pieces(mask: int) -> None:
     assert len(flags) == max(1, mask.bit_length())
     assert [i for i, f in enumerate(flags) if f] == naive(mask)
     assert set(flags) <= {0, 1}
+    assert from_bit_flags(flags) == mask
 
 
 def test_word_path_bounds() -> None:

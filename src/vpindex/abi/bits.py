@@ -16,7 +16,8 @@ popcount k and the width w (bit length) of the int:
 
 The thresholds were measured (see docs/DESIGN.md); every path of :func:`set_bits` returns the
 same ascending list. The vpmap layer uses the pieces directly (the adaptive map renders with
-:func:`bit_flags` and peels as :func:`peel_bits` does; its cost model,
+:func:`bit_flags`, builds masks with :func:`from_bit_flags` and peels as :func:`peel_bits`
+does; its cost model,
 :mod:`vpindex.vpmap.costs`, prices these same regimes), so each threshold lives here once.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "WORD_PATH_MIN_WIDTH",
     "WORD_PATH_RATIO",
     "bit_flags",
+    "from_bit_flags",
     "peel_bits",
     "set_bits",
     "word_path",
@@ -46,6 +48,8 @@ WORD_PATH_MIN_WIDTH: Final = 256
 WORD_PATH_RATIO: Final = 16
 #: ``bytes.translate`` table turning the ASCII ``0``/``1`` of ``bin()`` into bytes 0/1.
 ASCII_TO_BIT: Final = bytes.maketrans(b"01", b"\x00\x01")
+#: ... and back.
+_BIT_TO_ASCII: Final = bytes.maketrans(b"\x00\x01", b"01")
 #: Positions 0..4095 as ready-made ints: ``compress`` hands them out without allocating.
 BIT_POSITIONS: Final = tuple(range(4096))
 
@@ -73,6 +77,12 @@ def bit_flags(mask: int) -> bytes:
     """``mask`` (>= 0) rendered as one byte per bit, lowest bit first: byte i is 1 if bit i is
     set, else 0; ``max(1, mask.bit_length())`` bytes. O(w), in C."""
     return bin(mask).encode("ascii").translate(ASCII_TO_BIT)[:1:-1]
+
+
+def from_bit_flags(flags: bytes | bytearray) -> int:
+    """The inverse of :func:`bit_flags`: the int whose bit i is set where byte i of ``flags``
+    is 1 (every byte 0 or 1; at least one byte). O(len(flags)), in C."""
+    return int(flags[::-1].translate(_BIT_TO_ASCII), 2)
 
 
 def set_bits(mask: int) -> list[int]:

@@ -10,7 +10,14 @@ from functools import lru_cache
 from itertools import compress, repeat
 from typing import Final
 
-from vpindex.abi.bits import BIT_POSITIONS, PEEL_LIMIT, bit_flags, set_bits, word_path
+from vpindex.abi.bits import (
+    BIT_POSITIONS,
+    PEEL_LIMIT,
+    bit_flags,
+    from_bit_flags,
+    set_bits,
+    word_path,
+)
 from vpindex.abi.vpset import VpSet
 from vpindex.vpmap.base import MapBase, Snapshot
 from vpindex.vpmap.costs import MODEL
@@ -20,7 +27,6 @@ __all__ = ["AdaptiveMap", "AdaptiveSnapshot"]
 
 _EMPTY: Final[frozenset[int]] = frozenset()
 _NONE: Final = frozenset({None})
-_BIT_TO_ASCII: Final = bytes.maketrans(b"\x00\x01", b"01")
 #: Runs an iterator to its end in C, keeping nothing.
 _drain: Final = deque[object](maxlen=0).extend
 
@@ -121,7 +127,7 @@ def _held_mask(vp_of: tuple[int, ...], width: int) -> int:
         return int.from_bytes(raw, "little")
     flags = bytearray(width)
     _drain(map(flags.__setitem__, vp_of, repeat(1)))
-    return int(flags[::-1].translate(_BIT_TO_ASCII), 2)
+    return from_bit_flags(flags)
 
 
 @lru_cache(maxsize=256)
