@@ -239,3 +239,33 @@ def test_cli_linux_run_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
         assert done.stdout == ""
+
+
+def test_acpi_tables_checksums_and_madt() -> None:
+    from vpindex.backends.kvm.linuxvm.acpi import ACPI_GPA, acpi_tables
+
+    blob = acpi_tables(ACPI_GPA, 3)
+    assert blob[:8] == b"RSD PTR " and sum(blob[:20]) % 256 == 0 and sum(blob[:36]) % 256 == 0
+    xsdt_at = struct.unpack_from("<Q", blob, 24)[0] - ACPI_GPA
+
+    def table(at: int) -> bytes:
+        length = struct.unpack_from("<I", blob, at + 4)[0]
+        raw = blob[at : at + length]
+        assert sum(raw) % 256 == 0, raw[:4]
+        return raw
+
+    xsdt = table(xsdt_at)
+    assert xsdt[:4] == b"XSDT"
+    fadt_at, madt_at = (p - ACPI_GPA for p in struct.unpack_from("<QQ", xsdt, 36))
+    fadt, madt = table(fadt_at), table(madt_at)
+    assert fadt[:4] == b"FACP" and fadt[8] == 6 and len(fadt) == 276
+    assert struct.unpack_from("<I", fadt, 112)[0] & (1 << 20)  # HW_REDUCED_ACPI
+    assert table(struct.unpack_from("<Q", fadt, 140)[0] - ACPI_GPA)[:4] == b"DSDT"
+    assert madt[:4] == b"APIC"
+    at, lapics = 44, []
+    while at < len(madt):
+        kind, length = madt[at], madt[at + 1]
+        if kind == 0:
+            lapics.append(madt[at + 3])
+        at += length
+    assert at == len(madt) and lapics == [0, 1, 2]

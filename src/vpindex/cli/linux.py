@@ -153,6 +153,19 @@ def run(
         Path | None,
         typer.Option("--trace-out", help="Write the guest's hypercalls as KVM tracepoint text."),
     ] = None,
+    append: Annotated[
+        str | None,
+        typer.Option(
+            "--append",
+            help="Extra kernel command-line words, e.g. 'initcall_debug ignore_loglevel'.",
+        ),
+    ] = None,
+    acpi: Annotated[
+        bool,
+        typer.Option(
+            "--acpi", help="Describe the CPUs with ACPI tables too (e.g. a distribution kernel)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Boot the Linux guest on the KVM backend with N vCPUs and the given VP indexes, run its
@@ -216,6 +229,8 @@ def run(
         control=control,
         trace_out=trace_out,
         console_sink=None if as_json else stderr_sink(),
+        append=tuple(append.split()) if append else (),
+        acpi=acpi,
     )
     try:
         passed, report = run_linux(request)

@@ -9,7 +9,7 @@ reads this chain and checks it)::
     -> system -> vm -> vcpu
     -> layout, asm, linuxvm, linuxvm.elf, linuxvm.bootparams, linuxvm.mptable, linuxvm.cpuid,
        linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones
-    -> contract, host_fixes
+    -> contract, host_fixes, linuxvm.acpi
     -> guests, guests.suite_layout -> guests.hello, guests.suite_image
     -> remote_flush -> hyperv -> exits -> machine
     -> suite_machine, linuxvm.vmm -> runner, scale, byo, linuxvm.run

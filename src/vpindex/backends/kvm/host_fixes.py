@@ -31,11 +31,12 @@ it never fires, and every firing is counted in :attr:`HostFixes.counts` (reporte
 
 Host CPUID features leak into the guest's CPUID whatever KVM_SET_CPUID2 says, so features the
 emulator cannot run at CPL0 are hidden on the kernel command line instead
-(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``), and FSGSBASE and
-RDPID, with which the NMI/#DB entry code reads its per-CPU base through ``rdgsbase`` + ``lsl``
-(the emulator fails on ``lsl``); without them it uses RDMSR of GS_BASE. And since kernel code
-runs about a thousand times slower than natively, RCU's CPU-stall detector (whose report sends
-NMIs) is turned off.
+(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``). FSGSBASE must stay:
+without it Linux switches user FS bases with WRMSR, and on this host a thread then ran with
+another's TLS (measured: /init segfaulted on its first TLS access after moving CPU). With it,
+the NMI/#DB entry reads its per-CPU base with ``rdgsbase`` + ``lsl``, which the emulator fails
+on, so NMIs must not happen: RCU's CPU-stall detector, whose report sends NMIs and which kernel
+code running a thousand times slower than natively can trip, is turned off.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ FIX_NAMES: Final = (
 #: that leak into the guest's CPUID, and keep RCU's stall detector quiet (see the module doc).
 HIDE_FEATURES_WORDS: Final = (
     "noxsave",
-    "clearcpuid=popcnt,smap,fsgsbase,rdpid",
+    "clearcpuid=popcnt,smap",
     "rcupdate.rcu_cpu_stall_suppress=1",
 )
 

@@ -43,6 +43,7 @@ _E820_MAX: Final = 128
 _E820_ENTRY: Final = struct.Struct("<QQI")
 
 # struct boot_params offsets
+_OFF_ACPI_RSDP_ADDR: Final = 0x070
 _OFF_EXT_RAMDISK_IMAGE: Final = 0x0C0
 _OFF_EXT_RAMDISK_SIZE: Final = 0x0C4
 _OFF_EXT_CMD_LINE_PTR: Final = 0x0C8
@@ -95,8 +96,10 @@ def boot_params(
     cmdline_size: int,
     initrd_gpa: int = 0,
     initrd_size: int = 0,
+    acpi_rsdp: int = 0,
 ) -> bytes:
-    """A 4 KiB zero page: setup header, command line and initrd pointers, the e820 map."""
+    """A 4 KiB zero page: setup header, command line and initrd pointers, the e820 map, and
+    the ACPI RSDP address (0: none given)."""
     if len(e820) > _E820_MAX:
         raise ValueError(f"at most {_E820_MAX} e820 entries, got {len(e820)}")
     page = bytearray(BOOT_PARAMS_SIZE)
@@ -113,6 +116,7 @@ def boot_params(
     struct.pack_into("<I", page, _OFF_RAMDISK_SIZE, initrd_size & _U32_MASK)
     struct.pack_into("<I", page, _OFF_EXT_RAMDISK_SIZE, initrd_size >> 32)
     struct.pack_into("<I", page, _OFF_INITRD_ADDR_MAX, _U32_MASK)
+    struct.pack_into("<Q", page, _OFF_ACPI_RSDP_ADDR, acpi_rsdp)
     page[_OFF_E820_ENTRIES] = len(e820)
     for i, e in enumerate(e820):
         _E820_ENTRY.pack_into(page, _OFF_E820_TABLE + i * _E820_ENTRY.size, e.addr, e.size, e.kind)

@@ -77,6 +77,10 @@ class LinuxRun:
     control: str | None = None
     trace_out: Path | None = None
     console_sink: Callable[[bytes], None] | None = None
+    #: extra kernel command-line words (e.g. ``initcall_debug ignore_loglevel``)
+    append: tuple[str, ...] = ()
+    #: ACPI tables too (a kernel without an MP-table parser, e.g. a distribution kernel)
+    acpi: bool = False
 
 
 def _code_key(code: int) -> str:
@@ -206,7 +210,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
     initrd = req.initrd.read_bytes()
     words = base_cmdline_words(host_workarounds=False)
     cmdline = kernel_cmdline(
-        words, HIDE_FEATURES_WORDS, cmdline_words(req.workload, req.iterations)
+        words, HIDE_FEATURES_WORDS, cmdline_words(req.workload, req.iterations), req.append
     )
     spec = BootSpec(
         kernel=image,
@@ -219,6 +223,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         timeout=req.timeout,
         control=req.control,
         trace=req.trace_out is not None,
+        acpi=req.acpi,
         console_sink=req.console_sink,
         snapshot_lines={
             "start": re.compile(re.escape(f"{PROGRESS_MARKER} init started".encode())),
@@ -248,6 +253,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "hv_flags": list(req.hv.flags) if req.hv is not None else [],
         "control": req.control,
         "memory_mib": req.memory_mib,
+        "cmdline": cmdline,
         "reached_init": "init" in times,
         "passed": not failures,
         "failures": failures,

@@ -39,6 +39,7 @@ from vpindex.backends.kvm.errors import GuestError, GuestTimeout, KvmError
 from vpindex.backends.kvm.exits import VcpuThread, describe_exit
 from vpindex.backends.kvm.host_fixes import HostFixes
 from vpindex.backends.kvm.ioctls import PIT_SPEAKER_DUMMY, ExitReason, LinuxIoctl, MpState
+from vpindex.backends.kvm.linuxvm.acpi import ACPI_GPA, acpi_tables
 from vpindex.backends.kvm.linuxvm.bootparams import LOW_RAM_END, boot_params, memory_map
 from vpindex.backends.kvm.linuxvm.cpuid import linux_cpuid
 from vpindex.backends.kvm.linuxvm.devices import COM1_IRQ, PortBus, Uart8250
@@ -93,6 +94,8 @@ class BootSpec:
     timeout: float
     control: str | None = None
     trace: bool = False
+    #: also describe the CPUs with ACPI tables (for kernels without an MP-table parser)
+    acpi: bool = False
     console_sink: Callable[[bytes], None] | None = None
     #: console line patterns by name; when one first appears the per-vCPU IPI counts are
     #: snapshot under that name (``BootResult.ipis_at``), e.g. at the lines a guest prints
@@ -210,9 +213,12 @@ class _LinuxVm:
             cmdline_size=len(cmdline),
             initrd_gpa=initrd_gpa if spec.initrd else 0,
             initrd_size=len(spec.initrd),
+            acpi_rsdp=ACPI_GPA if spec.acpi else 0,
         )
         m.load(ZERO_PAGE_GPA, zero_page)
         m.load(LOW_RAM_END, mp_table(LOW_RAM_END, spec.vcpus))
+        if spec.acpi:
+            m.load(ACPI_GPA, acpi_tables(ACPI_GPA, spec.vcpus))
 
     def _setup_vcpus(self, spec: BootSpec) -> None:
         m = self.machine
@@ -256,10 +262,10 @@ class _LinuxVm:
             m.run(timeout=self.spec.timeout)
             if not r.ended:
                 r.ended = "stopped"
-        except GuestTimeout as e:
+        except GuestTimeout:
             if r.ended != "reset":
                 r.ended = "timeout"
-                r.error = f"the guest did not end within {self.spec.timeout:g} s ({e})"
+                r.error = f"the guest did not reset itself within {self.spec.timeout:g} s"
         except GuestError as e:
             r.ended, r.error = "guest-error", str(e)
         except KvmError as e:
