@@ -72,7 +72,7 @@ FIX_NAMES: Final = (
 #: that leak into the guest's CPUID, and keep RCU's stall detector quiet (see the module doc).
 HIDE_FEATURES_WORDS: Final = (
     "noxsave",
-    "clearcpuid=popcnt,smap",
+    "clearcpuid=popcnt,smap,pcid,invpcid",
     "rcupdate.rcu_cpu_stall_suppress=1",
 )
 
