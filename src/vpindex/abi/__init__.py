@@ -1,6 +1,6 @@
 """TLFS wire formats for the PV TLB-flush and PV IPI hypercalls. Pure: no I/O, stdlib only."""
 
-from vpindex.abi.bits import set_bits
+from vpindex.abi.bits import U32_MAX, U64_MAX, set_bits
 from vpindex.abi.control import (
     CODE_MASK,
     FAST_BIT,
@@ -79,6 +79,8 @@ __all__ = [
     "STATUS_MASK",
     "SYNTHETIC_MSR_FIRST",
     "SYNTHETIC_MSR_LAST",
+    "U32_MAX",
+    "U64_MAX",
     "VAR_HEADER_MASK",
     "VAR_HEADER_SHIFT",
     "VPS_PER_BANK",

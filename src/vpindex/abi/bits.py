@@ -1,4 +1,4 @@
-"""Fast set-bit extraction from Python ints.
+"""Bits of Python ints: the u32/u64 field masks, and fast set-bit extraction.
 
 A VP set is held as one int (bit i = VP index i). Turning it into a list of indexes is the only
 per-member cost a resolve must pay, so it is done here once, in one of three ways chosen by the
@@ -31,6 +31,8 @@ __all__ = [
     "ASCII_TO_BIT",
     "BIT_POSITIONS",
     "PEEL_LIMIT",
+    "U32_MAX",
+    "U64_MAX",
     "WORD_PATH_MIN_WIDTH",
     "WORD_PATH_RATIO",
     "bit_flags",
@@ -40,6 +42,9 @@ __all__ = [
     "word_path",
 ]
 
+#: All ones in a u32 / u64 field: the largest value it holds.
+U32_MAX: Final = (1 << 32) - 1
+U64_MAX: Final = (1 << 64) - 1
 #: popcount at or below which peeling single bits beats the other two paths.
 PEEL_LIMIT: Final = 12
 #: The word path serves ints wider than this many bits ...

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from vpindex.abi.bits import U64_MAX
 from vpindex.abi.status import HvStatus
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "uses_xmm_input",
 ]
 
-_U64: Final = (1 << 64) - 1
 #: Control word bits 15:0: the call code.
 CODE_MASK: Final = 0xFFFF
 #: Control word bit 16: register-based ("fast") input.
@@ -143,7 +143,7 @@ class Control:
     def decode(cls, rcx: int) -> Control:
         """Split a 64-bit RCX value into its fields. Reserved bits are ignored here; test them
         with :meth:`reserved_bits_set`. Raises ValueError if ``rcx`` is not a u64."""
-        if not 0 <= rcx <= _U64:
+        if not 0 <= rcx <= U64_MAX:
             raise ValueError(f"control word must be a u64, got {rcx:#x}")
         return cls(
             code=rcx & CODE_MASK,

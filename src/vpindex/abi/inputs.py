@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import IntFlag
 from typing import ClassVar, Final
 
+from vpindex.abi.bits import U32_MAX, U64_MAX
 from vpindex.abi.status import HvError, HvStatus
 from vpindex.abi.vpset import VpSet
 
@@ -47,8 +48,6 @@ __all__ = [
 PAGE_SHIFT: Final = 12
 #: The 4 KiB page: hypercall input blocks, the hypercall page, GVA-range units.
 PAGE_SIZE: Final = 1 << PAGE_SHIFT
-_U32: Final = (1 << 32) - 1
-_U64: Final = (1 << 64) - 1
 _MAX_EXTRA_PAGES: Final = 0xFFF
 _FLUSH: Final = struct.Struct("<QQQ")
 _FLUSH_EX_HEAD: Final = struct.Struct("<QQ")
@@ -93,7 +92,7 @@ class FlushInput:
 
     def __post_init__(self) -> None:
         for name in ("address_space", "flags", "processor_mask"):
-            _check_uint("FlushInput", name, getattr(self, name), _U64)
+            _check_uint("FlushInput", name, getattr(self, name), U64_MAX)
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview) -> FlushInput:
@@ -122,8 +121,8 @@ class FlushExInput:
     FIELDS: ClassVar[tuple[str, ...]] = ("address_space", "flags", *_SET_FIELDS)
 
     def __post_init__(self) -> None:
-        _check_uint("FlushExInput", "address_space", self.address_space, _U64)
-        _check_uint("FlushExInput", "flags", self.flags, _U64)
+        _check_uint("FlushExInput", "address_space", self.address_space, U64_MAX)
+        _check_uint("FlushExInput", "flags", self.flags, U64_MAX)
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview) -> FlushExInput:
@@ -148,9 +147,9 @@ class SendIpiInput:
     FIELDS: ClassVar[tuple[str, ...]] = ("vector", "reserved", "processor_mask")
 
     def __post_init__(self) -> None:
-        _check_uint("SendIpiInput", "vector", self.vector, _U32)
-        _check_uint("SendIpiInput", "reserved", self.reserved, _U32)
-        _check_uint("SendIpiInput", "processor_mask", self.processor_mask, _U64)
+        _check_uint("SendIpiInput", "vector", self.vector, U32_MAX)
+        _check_uint("SendIpiInput", "reserved", self.reserved, U32_MAX)
+        _check_uint("SendIpiInput", "processor_mask", self.processor_mask, U64_MAX)
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview) -> SendIpiInput:
@@ -179,8 +178,8 @@ class SendIpiExInput:
     FIELDS: ClassVar[tuple[str, ...]] = ("vector", "reserved", *_SET_FIELDS)
 
     def __post_init__(self) -> None:
-        _check_uint("SendIpiExInput", "vector", self.vector, _U32)
-        _check_uint("SendIpiExInput", "reserved", self.reserved, _U32)
+        _check_uint("SendIpiExInput", "vector", self.vector, U32_MAX)
+        _check_uint("SendIpiExInput", "reserved", self.reserved, U32_MAX)
 
     @classmethod
     def decode(cls, buf: bytes | bytearray | memoryview) -> SendIpiExInput:
@@ -201,7 +200,7 @@ class GvaRange:
     additional_pages: int = 0
 
     def __post_init__(self) -> None:
-        _check_uint("GvaRange", "page_number", self.page_number, _U64 >> PAGE_SHIFT)
+        _check_uint("GvaRange", "page_number", self.page_number, U64_MAX >> PAGE_SHIFT)
         _check_uint("GvaRange", "additional_pages", self.additional_pages, _MAX_EXTRA_PAGES)
 
     @classmethod
@@ -221,7 +220,8 @@ class GvaRange:
         """The page addresses this range covers (wrapping at 2**64 is not special-cased: the
         addresses are computed modulo 2**64)."""
         first = self.page_number
-        return tuple(((first + i) << PAGE_SHIFT) & _U64 for i in range(self.additional_pages + 1))
+        pages = range(self.additional_pages + 1)
+        return tuple(((first + i) << PAGE_SHIFT) & U64_MAX for i in pages)
 
 
 def decode_gva_list(buf: bytes | bytearray | memoryview, count: int) -> tuple[GvaRange, ...]:
@@ -243,7 +243,7 @@ def expand_gva_ranges(ranges: Iterable[GvaRange]) -> tuple[int, ...]:
 def gva_ranges_for(start: int, end: int) -> tuple[GvaRange, ...]:
     """The ranges a guest sends to flush [start, end): as Linux does, 4096 pages (16 MiB) per
     entry, the last entry holding the remainder; an empty range still gives one entry."""
-    if not 0 <= start <= end <= _U64 + 1:
+    if not 0 <= start <= end <= U64_MAX + 1:
         raise ValueError(f"need 0 <= start <= end <= 2**64, got start={start:#x} end={end:#x}")
     unit = (_MAX_EXTRA_PAGES + 1) * PAGE_SIZE
     page = start >> PAGE_SHIFT

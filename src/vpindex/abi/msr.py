@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from vpindex.abi.bits import U64_MAX
 from vpindex.abi.inputs import PAGE_SIZE
 
 __all__ = [
@@ -39,7 +40,7 @@ SYNTHETIC_MSR_LAST: Final = 0x400000FF
 #: HV_X64_MSR_HYPERCALL bit 0: the hypercall page is enabled.
 HYPERCALL_ENABLE: Final = 1 << 0
 #: HV_X64_MSR_HYPERCALL bits 63:12: the page's GPA.
-HYPERCALL_PAGE_MASK: Final = ~(PAGE_SIZE - 1) & ((1 << 64) - 1)
+HYPERCALL_PAGE_MASK: Final = ~(PAGE_SIZE - 1) & U64_MAX
 #: What a Linux guest writes to HV_X64_MSR_GUEST_OS_ID (vendor 0x8100, "open source", in bits
 #: 63:48).
 LINUX_GUEST_OS_ID: Final = 0x8100 << 48

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-from vpindex.abi.bits import set_bits
+from vpindex.abi.bits import U64_MAX, set_bits
 from vpindex.abi.status import HvError, HvStatus
 
 __all__ = [
@@ -36,7 +36,6 @@ MAX_BANKS: Final = 64
 #: VP indexes an HV_VP_SET can name are 0 .. MAX_VP_INDEX - 1.
 MAX_VP_INDEX: Final = VPS_PER_BANK * MAX_BANKS
 _HEADER: Final = struct.Struct("<QQ")
-_U64: Final = (1 << 64) - 1
 _FULL_MASK: Final = (1 << MAX_VP_INDEX) - 1
 
 
@@ -87,7 +86,7 @@ class VpSet:
     @classmethod
     def from_mask64(cls, mask: int) -> VpSet:
         """The set a non-Ex call's 64-bit ProcessorMask names (bit i = VP i, i < 64)."""
-        if not isinstance(mask, int) or not 0 <= mask <= _U64:
+        if not isinstance(mask, int) or not 0 <= mask <= U64_MAX:
             raise ValueError(f"processor mask must be a u64, got {mask!r}")
         return cls._make(mask)
 
@@ -103,7 +102,7 @@ class VpSet:
         """The sparse set whose packed bank words are ``banks``: one u64 per set bit of
         ``valid_bank_mask``, in ascending bank order. Raises ValueError if the counts differ."""
         words = tuple(banks)
-        if not 0 <= valid_bank_mask <= _U64:
+        if not 0 <= valid_bank_mask <= U64_MAX:
             raise ValueError(f"valid bank mask must be a u64, got {valid_bank_mask!r}")
         if len(words) != valid_bank_mask.bit_count():
             raise ValueError(
@@ -111,7 +110,7 @@ class VpSet:
                 f"banks, got {len(words)} words"
             )
         for w in words:
-            if not isinstance(w, int) or not 0 <= w <= _U64:
+            if not isinstance(w, int) or not 0 <= w <= U64_MAX:
                 raise ValueError(f"bank word must be a u64, got {w!r}")
         return cls._make(_scatter(valid_bank_mask, struct.pack(f"<{len(words)}Q", *words)))
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import mmap
-from typing import Final
+
+from vpindex.abi import U64_MAX
 
 __all__ = ["GuestMemory"]
-
-_U64: Final = (1 << 64) - 1
 
 
 class GuestMemory:
@@ -38,7 +37,7 @@ class GuestMemory:
 
     def contains(self, gpa: int, length: int) -> bool:
         """True if [gpa, gpa + length) lies inside memory (no wrap-around)."""
-        return 0 <= gpa <= _U64 and length >= 0 and gpa + length <= self.size
+        return 0 <= gpa <= U64_MAX and length >= 0 and gpa + length <= self.size
 
     def view(self, gpa: int, length: int) -> memoryview | None:
         """A zero-copy view of [gpa, gpa + length), or None if any byte is outside memory."""

@@ -19,6 +19,7 @@ from vpindex.abi import (
     LINUX_GUEST_OS_ID,
     MAX_VP_INDEX,
     PAGE_SIZE,
+    U64_MAX,
     XMM_INPUT_BYTES,
     Features,
     HvError,
@@ -38,7 +39,6 @@ from vpindex.vpmap import VpIndexMap, make_map
 
 __all__ = ["Partition", "PartitionStateError"]
 
-_U64: Final = (1 << 64) - 1
 _ZERO_XMM: Final = bytes(XMM_INPUT_BYTES)
 _EXTRA_LEAVES: Final = range(CPUID_LEAF_LIMITS + 1, CPUID_HYPERVISOR_LAST + 1)
 
@@ -49,7 +49,7 @@ class PartitionStateError(RuntimeError):
 
 
 def _check_u64(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _U64:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
         raise ValueError(f"{name} must be a u64, got {value!r}")
     return value
 

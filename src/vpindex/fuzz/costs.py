@@ -17,13 +17,13 @@ import tracemalloc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vpindex.abi import U64_MAX
 from vpindex.backends.scenarios import IPI_VECTOR
 from vpindex.engine import MAX_RECORDED_PAGES, Partition
 from vpindex.fuzz.oracle import RecordingMemory, RecordingPlatform
 
 __all__ = ["WORST_CASES", "measure", "report"]
 
-_U64 = (1 << 64) - 1
 _GPA = 0x2000
 
 
@@ -37,7 +37,7 @@ class Worst:
 
 
 def _banks_all_ones() -> bytes:
-    return struct.pack("<QQ", 0, _U64) + struct.pack("<Q", _U64) * 64
+    return struct.pack("<QQ", 0, U64_MAX) + struct.pack("<Q", U64_MAX) * 64
 
 
 WORST_CASES: tuple[Worst, ...] = (

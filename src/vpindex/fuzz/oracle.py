@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from vpindex.abi import Features
+from vpindex.abi import U64_MAX, Features
 from vpindex.engine import (
     HYPERCALL_STUB_VMCALL,
     MAX_RECORDED_PAGES,
@@ -62,7 +62,6 @@ __all__ = [
 ALLOWED_STATUSES: Final = frozenset({0, 2, 3, 4, 6})
 #: Guest memory of every fuzzed partition: 16 pages, small so that inputs often straddle its end.
 MEMORY_SIZE: Final = 0x10000
-_U64: Final = (1 << 64) - 1
 _STRATEGY_NAMES: Final = tuple(STRATEGIES)
 _FEATURE_LIST: Final = tuple(Features)
 _MAX_VCPUS: Final = 160
@@ -226,7 +225,7 @@ class Case:
         """RDX as issued: with ``rdx_from_end``, ``MEMORY_SIZE - (rdx & 0xffff)`` modulo 2**64
         (so inputs at, across and far past the end of memory, and wrapping, are all near)."""
         if self.rdx_from_end:
-            return (MEMORY_SIZE - (self.rdx & 0xFFFF)) & _U64
+            return (MEMORY_SIZE - (self.rdx & 0xFFFF)) & U64_MAX
         return self.rdx
 
     def vp_indexes(self) -> tuple[int, ...]:
@@ -316,11 +315,11 @@ def _canonical(gva: int) -> bool:
 def _flush_pages(entries: Sequence[int]) -> tuple[bool, tuple[int, ...]]:
     pages: list[int] = []
     for e in entries:
-        gva = e & ~0xFFF & _U64
+        gva = e & ~0xFFF & U64_MAX
         if not _canonical(gva):
             continue
         for i in range((e & 0xFFF) + 1):
-            pages.append(((gva >> 12) + i << 12) & _U64)
+            pages.append(((gva >> 12) + i << 12) & U64_MAX)
             if len(pages) > _MAX_PAGES:
                 return True, ()
     return False, tuple(pages)

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vpindex.abi import (
+    U64_MAX,
     Control,
     FlushExInput,
     FlushFlags,
@@ -27,7 +28,6 @@ from vpindex.fuzz.oracle import MEMORY_SIZE, Case
 
 __all__ = ["build_seeds", "write_seeds"]
 
-_U64 = (1 << 64) - 1
 _SETS = {
     "vp2": VpSet.of([2]),
     "vp65": VpSet.of([65]),
@@ -45,7 +45,7 @@ def _name(scenario: str) -> str:
 
 def _vpset_seeds() -> dict[str, bytes]:
     out = {name: s.encode() for name, s in _SETS.items()}
-    out["all-with-banks"] = struct.pack("<QQQQ", 1, 3, _U64, _U64)
+    out["all-with-banks"] = struct.pack("<QQQQ", 1, 3, U64_MAX, U64_MAX)
     out["format-2"] = struct.pack("<QQQ", 2, 1, 4)
     out["short-banks"] = struct.pack("<QQQ", 0, 3, 4)
     out["zero-words"] = struct.pack("<QQQQ", 0, 0x8000000000000001, 0, 0)

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vpindex.abi import FlushFlags, HvCallCode, VpSet
+from vpindex.abi import U64_MAX, FlushFlags, HvCallCode, VpSet
 from vpindex.abi.vpset import FORMAT_ALL, FORMAT_SPARSE_4K, MAX_VP_INDEX
 from vpindex.lab.bodies import resolve_list_body
 from vpindex.lab.timing import Timing, measure_interleaved
@@ -92,7 +92,8 @@ _DETAIL_EVENTS: Final = {
     "kvm_hv_send_ipi_ex": (HvCallCode.SEND_SYNTHETIC_CLUSTER_IPI_EX,),
 }
 _SIX: Final = frozenset(int(c) for c in HvCallCode)
-_BANK: Final = (1 << 64) - 1
+#: The 64 bits of one bank of an HV_VP_SET.
+_BANK: Final = U64_MAX
 #: Unparsable lines quoted in a report.
 _EXAMPLES: Final = 5
 

@@ -5,11 +5,9 @@ and a list covering more becomes a full flush."""
 
 from __future__ import annotations
 
-from vpindex.abi import GvaRange, decode_gva_list, encode_gva_list
+from vpindex.abi import U64_MAX, GvaRange, decode_gva_list, encode_gva_list
 from vpindex.engine.vcpu import MAX_RECORDED_PAGES, expand_entries
 from vpindex.fuzz.targets._common import decode_or_status
-
-_U64 = (1 << 64) - 1
 
 
 def _canonical(gva: int) -> bool:
@@ -36,4 +34,4 @@ def test_one_input(data: bytes) -> None:
         assert wanted > MAX_RECORDED_PAGES and not flush.gvas
     else:
         assert len(flush.gvas) == wanted
-        assert all(0 <= g <= _U64 and g & 0xFFF == 0 for g in flush.gvas)
+        assert all(0 <= g <= U64_MAX and g & 0xFFF == 0 for g in flush.gvas)
