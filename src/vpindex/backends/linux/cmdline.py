@@ -1,8 +1,6 @@
 """The kernel command line of the vpindex guest kernel (the one ``kernel.config`` builds).
 
-Words come in groups so a VMM can see why each is there, and keep the host-specific group in
-its own host-fixes module if it prefers (:func:`base_cmdline_words` with
-``host_workarounds=False`` leaves it out):
+Words come in groups so a VMM can see why each is there:
 
 - :data:`CONSOLE_WORDS`: the 8250 UART at :data:`UART_PORT` as console from the first
   instruction (``earlycon``), one UART only, and ``/dev/kmsg`` writes never rate-limited
@@ -11,10 +9,10 @@ its own host-fixes module if it prefers (:func:`base_cmdline_words` with
   controller (``reboot=k``: the kernel writes 0xFE to port 0x64, the VMM's end-of-run signal),
   also right after a panic (``panic=-1``); skip work that is slow when kernel code is emulated:
   delay-loop calibration (``lpj=``), the TSC stability watchdog and the timer check.
-- :data:`PVM_WORDS`: only because this machine's ``/dev/kvm`` is PVM, whose instruction
-  emulator fails on ``xrstor64``, ``popcnt`` and ``clac`` in kernel code, and which ORs host
-  CPUID bits into the guest's (so features are hidden on the command line, not in CPUID).
-  On VMX/SVM KVM these words are unnecessary but harmless.
+
+Words that exist only because of a particular host (on this project's PVM ``/dev/kvm``: hiding
+CPU features its instruction emulator fails on) are not here: they live with that host's other
+workarounds in the VMM (``backends/kvm/host_fixes.py``), which adds them.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ __all__ = [
     "BOOT_WORDS",
     "COMMAND_LINE_MAX",
     "CONSOLE_WORDS",
-    "PVM_WORDS",
     "UART_PORT",
     "base_cmdline_words",
     "kernel_cmdline",
@@ -48,15 +45,16 @@ BOOT_WORDS: tuple[str, ...] = (
     "tsc=reliable",
     "no_timer_check",
 )
-PVM_WORDS: tuple[str, ...] = ("noxsave", "clearcpuid=popcnt,smap")
-
 COMMAND_LINE_MAX = 2047
 """x86 Linux keeps at most COMMAND_LINE_SIZE (2048) bytes of command line, NUL included."""
 
 
-def base_cmdline_words(*, host_workarounds: bool = True) -> list[str]:
-    """Console and boot words, plus :data:`PVM_WORDS` unless ``host_workarounds`` is False."""
-    return [*CONSOLE_WORDS, *BOOT_WORDS, *(PVM_WORDS if host_workarounds else ())]
+def base_cmdline_words(*, host_workarounds: bool = False) -> list[str]:
+    """The console and boot words. ``host_workarounds`` must be False (kept for callers that
+    say so explicitly): host-specific words come from the VMM's host fixes, not from here."""
+    if host_workarounds:
+        raise ValueError("host-specific kernel words live with the VMM's host fixes")
+    return [*CONSOLE_WORDS, *BOOT_WORDS]
 
 
 def kernel_cmdline(*groups: Iterable[str]) -> str:

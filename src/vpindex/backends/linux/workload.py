@@ -19,7 +19,7 @@ The report JSON (version :data:`REPORT_VERSION`)::
 
     {"v": 1, "workload": "default", "cpus": [0, 1, 2, 3], "vp": [3, 0, 4095, 64],
      "start_ms": 9100, "end_ms": 13400,
-     "phases": [{"name": "list-subset", "iterations": 20, "ns": 1700000000, "stale": 0,
+     "phases": [{"name": "list-subset", "iterations": 10, "ns": 1700000000, "stale": 0,
                  "cpus": [0, 1]}, ...],
      "irq_before": {"RES": [...], "CAL": [...], "TLB": [...], "LOC": [...]},
      "irq_after": {...}, "stale": 0, "errors": []}
@@ -92,7 +92,7 @@ IRQ_NAMES: tuple[str, ...] = ("RES", "CAL", "TLB", "LOC")
 TLB shootdowns received, local timer interrupts."""
 
 DEFAULT_WORKLOAD = "default"
-DEFAULT_ITERATIONS = 20
+DEFAULT_ITERATIONS = 10
 MAX_ITERATIONS = 100_000
 DEFAULT_WATCHDOG_S = 600
 """Guest seconds ``/init`` allows its workload before it reports an error and reboots."""
