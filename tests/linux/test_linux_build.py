@@ -177,6 +177,7 @@ def _real_build_skip_reason() -> str | None:
 
 
 @pytest.mark.linux_build
+@pytest.mark.timeout(build.DEFAULT_TIMEOUT_S + 60)  # a cold build takes minutes, a cached one 1 s
 def test_the_real_guest_kernel_builds_with_every_fragment_option() -> None:
     reason = _real_build_skip_reason()
     if reason is not None:
