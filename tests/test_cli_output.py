@@ -129,3 +129,19 @@ def test_progress_without_a_terminal_announces_only_long_steps(
         timer.join(10)
     out, err = capsys.readouterr()
     assert out == "" and err == "vpindex: a long step (running for 0 s or more)\n"
+
+
+def test_a_guest_run_shows_each_vcpus_console_escaped() -> None:
+    report = RunReport("kvm", 2, "adaptive", vp_indexes=[5, 70])
+    report.cases = [CaseResult("guest/hello.bin/vcpu0", True, {"exit_code": 0}),
+                    CaseResult("guest/hello.bin/vcpu1", False, {"exit_code": 1})]  # fmt: skip
+    report.extra["vcpus"] = [
+        {"index": 0, "vp_index": 5, "console": "AMicrosoft Hv", "exit_code": 0, "hypercalls": 1},
+        {"index": 1, "vp_index": 70, "console": "B\x1b[2J\x07", "exit_code": 1, "hypercalls": 1},
+    ]
+    buf = io.StringIO()
+    render_report(Console(file=buf, width=WIDTH, color_system=None), report)
+    out = buf.getvalue()
+    assert not _too_wide(out)
+    assert "AMicrosoft Hv" in out and "\x1b" not in out and "\\x1b[2J\\x07" in out
+    assert "FAIL: 1 passed, 1 failed" in out

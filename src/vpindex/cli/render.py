@@ -23,6 +23,7 @@ from rich.table import Table
 
 from vpindex.abi import HvCallCode, HvStatus
 from vpindex.backends.report import CaseResult, RunReport
+from vpindex.cli.errors import printable
 
 __all__ = ["group_cases", "render_report"]
 
@@ -270,6 +271,28 @@ def _latency_table(report: RunReport) -> Table | None:
     return table
 
 
+def _guest_consoles(console: Console, report: RunReport) -> None:
+    """A --guest run: what each vCPU wrote to the debug console (unprintable bytes escaped)."""
+    per_vcpu = report.extra.get("vcpus")
+    if not isinstance(per_vcpu, list) or not all(isinstance(v, dict) for v in per_vcpu):
+        return
+    console.print()
+    console.print("[bold]console[/]: what each vCPU wrote to the debug port")
+    table = _table()
+    table.add_column("vCPU", justify="right")
+    table.add_column("VP index", justify="right")
+    table.add_column("hypercalls", justify="right")
+    table.add_column("console", overflow="fold")
+    for v in per_vcpu:
+        table.add_row(
+            str(v.get("index", "")),
+            str(v.get("vp_index", "")),
+            str(v.get("hypercalls", "")),
+            escape(printable(str(v.get("console", "")), 400)),
+        )
+    console.print(table)
+
+
 def _vp_list(vps: list[int]) -> str:
     shown = ", ".join(map(str, vps[:16]))
     return shown + (f", ... ({len(vps)} in all)" if len(vps) > 16 else "")
@@ -302,6 +325,7 @@ def render_report(console: Console, report: RunReport) -> None:
         console.print()
     for text in legends:
         console.print(text)
+    _guest_consoles(console, report)
     extra = report.extra
     console.print()
     tables: list[tuple[Table, int]] = []
