@@ -145,3 +145,20 @@ def test_a_guest_run_shows_each_vcpus_console_escaped() -> None:
     assert not _too_wide(out)
     assert "AMicrosoft Hv" in out and "\x1b" not in out and "\\x1b[2J\\x07" in out
     assert "FAIL: 1 passed, 1 failed" in out
+
+
+def test_the_scale_case_reports_its_start_up() -> None:
+    report = RunReport("kvm", 128, "adaptive", vp_indexes=[(31 * i + 7) % 4096 for i in range(128)])
+    report.cases = [CaseResult("scale/vp-index-rdmsr", True, {"vcpus": 128})]
+    report.extra.update(
+        {"startup_s": {"create_vm_and_vcpus": 0.11, "all_vcpus_booted": 0.33}, "vp_banks": 62}
+    )
+    buf = io.StringIO()
+    render_report(Console(file=buf, width=WIDTH, color_system=None), report)
+    out = buf.getvalue()
+    assert not _too_wide(out)
+    assert (
+        "start-up: VM and 128 vCPUs created in 0.11 s, every vCPU booted 0.33 s later; VP "
+        "indexes over 62 banks" in " ".join(out.split())
+    )
+    assert "... (128 in all)" in out

@@ -156,10 +156,13 @@ _COLUMNS: Final[dict[str, tuple[str, _Cell] | None]] = {
 
 
 def _cells(details: dict[str, Any]) -> dict[str, str]:
+    """Column header -> cell text. Keys without a column of their own share one ``details``
+    column (``key value; ...``), which folds instead of widening the table."""
     out: dict[str, str] = {}
+    other: list[str] = []
     for key, value in details.items():
         if key not in _COLUMNS or (key == "expected" and "targets" not in details):
-            out[key.replace("_", " ")] = _value(value)
+            other.append(f"{key.replace('_', ' ')} {_value(value)}")
             continue
         spec = _COLUMNS[key]
         if spec is None:
@@ -168,6 +171,8 @@ def _cells(details: dict[str, Any]) -> dict[str, str]:
         out[header] = cell(details)
         if key == "latency_us" and value:
             out["p99 µs"] = _us(value["p99"])
+    if other:
+        out["details"] = "; ".join(other)
     return out
 
 
@@ -192,10 +197,10 @@ def _problems(case: CaseResult) -> str:
 
 
 def _group_title(group: str, cases: list[CaseResult]) -> str:
-    iterations = {c.details.get("iterations") for c in cases}
+    counts = [c.details["iterations"] for c in cases if "iterations" in c.details]
     title = f"[bold]{group}[/]: {_GROUPS[group]}" if group in _GROUPS else group or "cases"
-    if len(iterations) == 1 and None not in iterations:
-        title += f" ({iterations.pop()} calls per case)"
+    if len(counts) >= 2 and len(set(counts)) == 1:  # the cases that issue calls agree
+        title += f" ({counts[0]} calls per case)"
     return title
 
 
@@ -349,6 +354,15 @@ def render_report(console: Console, report: RunReport) -> None:
     if latency is not None:
         console.print()
         console.print(latency)
+    startup = extra.get("startup_s")
+    if isinstance(startup, dict) and startup.get("create_vm_and_vcpus") is not None:
+        booted = startup.get("all_vcpus_booted")
+        console.print(
+            f"start-up: VM and {report.vcpus} vCPUs created in "
+            f"{startup['create_vm_and_vcpus']:g} s"
+            + (f", every vCPU booted {booted:g} s later" if booted is not None else "")
+            + (f"; VP indexes over {extra['vp_banks']} banks" if "vp_banks" in extra else "")
+        )
     if "calls_per_s" in extra:
         console.print(f"throughput: {extra['calls_per_s']:,.0f} calls/s ({report.calls:,} calls)")
     verdict = "[bold green]PASS[/]" if report.ok else "[bold red]FAIL[/]"

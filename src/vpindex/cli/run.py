@@ -460,6 +460,8 @@ def run(
     status: dict[str, Any] = {"backend": chosen.value, "backend_reason": reason}
     try:
         report = _run_kvm(req) if chosen is Backend.KVM else _run_sim(req)
+    except (typer.Exit, typer.Abort):  # both are RuntimeErrors: not a failed run
+        raise
     except ValueError as err:  # a layout the backend refuses (e.g. the suite's VP 2 and 65)
         layout = "--vp-indexes" if vps is not None else "--vcpus" if vcpus is not None else None
         bad_option(layout or f"--backend {chosen.value}", str(err))
