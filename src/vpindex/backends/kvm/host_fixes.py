@@ -31,12 +31,11 @@ it never fires, and every firing is counted in :attr:`HostFixes.counts` (reporte
 
 Host CPUID features leak into the guest's CPUID whatever KVM_SET_CPUID2 says, so features the
 emulator cannot run at CPL0 are hidden on the kernel command line instead
-(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``). FSGSBASE must stay:
-without it Linux switches user FS bases with WRMSR, and on this host a thread then ran with
-another's TLS (measured: /init segfaulted on its first TLS access after moving CPU). With it,
-the NMI/#DB entry reads its per-CPU base with ``rdgsbase`` + ``lsl``, which the emulator fails
-on, so NMIs must not happen: RCU's CPU-stall detector, whose report sends NMIs and which kernel
-code running a thousand times slower than natively can trip, is turned off.
+(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``). With the leaked
+FSGSBASE the NMI/#DB entry reads its per-CPU base with ``rdgsbase``
++ ``lsl``, and the emulator fails on ``lsl``; rather than hide FSGSBASE, NMIs are kept away: RCU's
+CPU-stall detector, whose report sends NMIs and which kernel code running a thousand times
+slower than natively can trip, is turned off.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ FIX_NAMES: Final = (
 #: that leak into the guest's CPUID, and keep RCU's stall detector quiet (see the module doc).
 HIDE_FEATURES_WORDS: Final = (
     "noxsave",
-    "clearcpuid=popcnt,smap,pcid,invpcid",
+    "clearcpuid=popcnt,smap",
     "rcupdate.rcu_cpu_stall_suppress=1",
 )
 

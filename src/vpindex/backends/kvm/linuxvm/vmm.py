@@ -308,10 +308,11 @@ class _LinuxVm:
 
     # -- exits ------------------------------------------------------------------------------
     def _on_kick(self, cpu: VcpuThread) -> None:
-        if self._arm and cpu.index in self._arm:
+        """Arm the SYSCALL fix on this vCPU once /init is about to start (retried at the next
+        exit or kick if the guest's IDT or LSTAR cannot be read yet)."""
+        if self._arm and cpu.index in self._arm and self.fixes.arm_syscall_fix(cpu.vcpu):
             with self._lock:
                 self._arm.discard(cpu.index)
-            self.fixes.arm_syscall_fix(cpu.vcpu)
 
     def _on_io(self, cpu: VcpuThread) -> bool:
         if self._arm:
