@@ -124,7 +124,7 @@ class BootResult:
     ipis_delivered: list[Counter[int]] = field(default_factory=list)
     #: flush calls by reach: "all" (ALL_PROCESSORS, or a set naming every vCPU) or "subset"
     flush_reach: Counter[str] = field(default_factory=Counter)
-    #: ``ipis_delivered`` when each ``BootSpec.snapshot_lines`` pattern appeared
+    #: ``ipis_sent`` when each ``BootSpec.snapshot_lines`` pattern appeared
     ipis_at: dict[str, list[Counter[int]]] = field(default_factory=dict)
     host_fixes: Counter[str] = field(default_factory=Counter)
     misrouted: str | None = None
@@ -286,7 +286,7 @@ class _LinuxVm:
     def _milestone(self, name: str) -> None:
         if name.startswith(_SNAPSHOT):
             with self._lock:
-                counts = [Counter(c) for c in self.result.ipis_delivered]
+                counts = [Counter(c) for c in self.result.ipis_sent]
                 self.result.ipis_at[name[len(_SNAPSHOT) :]] = counts
         if name == "init":
             with self._lock:
