@@ -2,7 +2,8 @@
 that every PV flush and PV IPI reached the right vCPUs under non-identity VP indexes.
 
 Each boot takes tens of seconds on the development host (kernel code is emulated there), so
-there are three: VP indexes below 64, VP indexes from 0 to 4095, and the refuse-flush control.
+there are four: VP indexes below 64, VP indexes from 0 to 4095, and two controls (flush
+hypercalls refused; one IPI misrouted).
 Skipped with the reason where /dev/kvm is unusable (conftest) or the kernel cannot be built.
 """
 
@@ -66,6 +67,7 @@ def _common(report: dict[str, Any], vp_indexes: tuple[int, ...]) -> None:
     assert {p["name"] for p in report["workload"]["phases"]} >= {"list-subset", "ipi"}
     assert all(v is not None for v in report["milestones_s"].values())
     assert report["host_fixes"].keys() >= {"syscall-at-cpl3", "int3-at-cpl0"}
+    assert report["ipi_calls_checked"] > 0
 
 
 def test_four_vcpus_with_shuffled_vp_indexes_below_64(guest: BuildResult) -> None:
@@ -97,3 +99,12 @@ def test_refusing_flush_hypercalls_makes_the_guest_shoot_down_by_ipi(guest: Buil
     assert any("hypercalls failed" in f for f in report["failures"])
     assert sum(report["interrupts"]["guest_tlb_shootdowns"]) > 0
     assert any("fell back to IPI shootdowns" in n for n in report["notes"])
+
+
+def test_one_misrouted_ipi_fails_the_run(guest: BuildResult) -> None:
+    """Control for the end-to-end delivery check: one IPI delivered to the wrong vCPU."""
+    passed, report = _run(guest, (2, 0, 1), control="misroute-ipi")
+    assert not passed
+    assert any("misroute-ipi" in n for n in report["notes"]), report["notes"]
+    assert any("reached vCPUs" in f for f in report["failures"]), report["failures"]
+    assert report["ended"] == "reset"  # it fails by the check, not by hanging

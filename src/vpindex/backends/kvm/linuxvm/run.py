@@ -16,6 +16,10 @@ A run passes when all of these hold (``failures`` lists each that does not):
   arch/x86/include/asm/irq_vectors.h). /init reads its counters inside that window, so fewer
   means two IPIs coalesced in the APIC, more means one reached a CPU it was not addressed to.
   (Before /init, while a CPU comes up, Linux sends it native IPIs: not the VMM's to count.)
+* every PV IPI reached exactly the CPUs whose VP index, as the guest itself read it from
+  MSR 0x40000002, is in the call's VP set (an end-to-end check of the translation: the VMM keeps
+  each IPI call's VP indexes and the vCPUs it delivered to, and compares them with the guest's
+  report);
 * the guest reset itself (no panic) before the timeout.
 """
 
@@ -146,6 +150,27 @@ def _account(boot: BootResult, report: InitReport, vcpus: int) -> list[str]:
     return problems
 
 
+def _check_delivery(boot: BootResult, report: InitReport) -> list[str]:
+    """Each PV IPI against the guest's own VP indexes (see the module doc); at most 3 named."""
+    where = {
+        vp: cpu
+        for cpu, vp in zip(report.cpus, report.guest_vp_indexes, strict=True)
+        if vp is not None
+    }
+    bad = []
+    for n, (vps, delivered) in enumerate(boot.ipi_calls):
+        expected = set(where.values()) if vps is None else {where[v] for v in vps if v in where}
+        if set(delivered) != expected:
+            bad.append(
+                f"IPI call {n + 1} named VPs {sorted(vps) if vps is not None else 'all'}, which "
+                f"the guest's own VP indexes put on CPUs {sorted(expected)}, but reached vCPUs "
+                f"{sorted(delivered)}"
+            )
+    if len(bad) > 3:
+        bad = [*bad[:3], f"... {len(bad) - 3} more IPI calls reached the wrong vCPUs"]
+    return bad
+
+
 def _judge(
     req: LinuxRun, boot: BootResult, report: InitReport | None, why: str
 ) -> tuple[list[str], list[str]]:
@@ -194,6 +219,8 @@ def _judge(
         failures.append(f"{boot.faults} hypercall(s) faulted")
     if req.hv is not None and req.hv.has("hv-ipi"):
         failures += _account(boot, report, req.vcpus)
+        if vpindex_on:
+            failures += _check_delivery(boot, report)
     tlb = sum(report.interrupt_delta("TLB"))
     if req.control == "refuse-flush":
         refused = sum(boot.hypercalls[c] for c in (0x0002, 0x0003, 0x0013, 0x0014))
@@ -272,6 +299,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "statuses": dict(sorted(statuses.items())),
         "hypercall_faults": boot.faults,
         "flush_reach": {"all": boot.flush_reach["all"], "subset": boot.flush_reach["subset"]},
+        "ipi_calls_checked": len(boot.ipi_calls),
         "guest_vp_indexes": list(report.guest_vp_indexes) if report is not None else None,
         "workload": (
             {

@@ -77,6 +77,9 @@ HV_MSR_TSC_INVARIANT_CONTROL: Final = 0x40000118
 APIC_TIMER_HZ: Final = 1_000_000_000
 _STATUS_MASK: Final = 0xFFFF
 _SNAPSHOT: Final = "snapshot:"
+#: How many IPI calls a run keeps for the end-to-end delivery check (the rest are counted only).
+MAX_CHECKED_IPIS: Final = 200_000
+_IPI_CODES: Final = frozenset((0x000B, 0x0015))
 _RCX: Final = 2
 
 
@@ -122,6 +125,9 @@ class BootResult:
     #: per vCPU, per vector: IPIs the engine addressed to it / the VMM actually delivered
     ipis_sent: list[Counter[int]] = field(default_factory=list)
     ipis_delivered: list[Counter[int]] = field(default_factory=list)
+    #: IPI calls whose delivery is checked end to end: (the VP indexes the call named, or None
+    #: for every VP, the vCPUs the VMM delivered to), at most ``MAX_CHECKED_IPIS``
+    ipi_calls: list[tuple[frozenset[int] | None, frozenset[int]]] = field(default_factory=list)
     #: flush calls by reach: "all" (ALL_PROCESSORS, or a set naming every vCPU) or "subset"
     flush_reach: Counter[str] = field(default_factory=Counter)
     #: ``ipis_sent`` when each ``BootSpec.snapshot_lines`` pattern appeared
@@ -186,6 +192,7 @@ class _LinuxVm:
         self._lock = threading.Lock()
         self._arm: set[int] = set()
         self._misroute_armed = spec.control == "misroute-ipi"
+        self._delivered = threading.local()
         self.uart = Uart8250(r.console.put, self._set_com1_irq)
         self.ports = PortBus(self.uart, self._reset)
         self._vp_assist = [0] * spec.vcpus
@@ -389,8 +396,10 @@ class _LinuxVm:
             return False
         rcx = vcpu.sync_reg("rcx")
         served = len(cpu.serve_ns)
+        self._delivered.vcpus = None
         done = self._serve_hypercall(cpu, io)
         resolved = self._resolve(cpu, rcx) if len(cpu.serve_ns) > served else None
+        delivered: frozenset[int] | None = self._delivered.vcpus
         with self._lock:
             r.hypercalls[code] += 1
             if len(cpu.serve_ns) > served:
@@ -402,15 +411,21 @@ class _LinuxVm:
                     if code in FLUSH_CODES and resolved is not None:
                         subset = resolved[1] < self.spec.vcpus
                         r.flush_reach["subset" if subset else "all"] += 1
+                    if (
+                        code in _IPI_CODES
+                        and resolved is not None
+                        and len(r.ipi_calls) < MAX_CHECKED_IPIS
+                    ):
+                        r.ipi_calls.append((resolved[2], delivered or frozenset()))
             else:
                 r.faults += 1
         return done
 
-    def _resolve(self, cpu: VcpuThread, rcx: int) -> tuple[int, int] | None:
+    def _resolve(self, cpu: VcpuThread, rcx: int) -> tuple[int, int, frozenset[int] | None] | None:
         """Time the VP-set translation of the call just served, on its own: decode the same
         input again and resolve it once more on the partition's map. Returns (ns, number of
-        target vCPUs); ns is -1 for ALL_PROCESSORS (nothing to translate); None when the call
-        does not decode."""
+        target vCPUs, the VP indexes named or None for all); ns is -1 for ALL_PROCESSORS
+        (nothing to translate); None when the call does not decode."""
         part = self.machine.partition
         vcpu = cpu.vcpu
         xmm = vcpu.get_xmm() if uses_xmm_input(rcx) else bytes(96)
@@ -420,12 +435,12 @@ class _LinuxVm:
             )
         except HvError:
             return None
-        if request.vp_set is None:
-            return -1, self.spec.vcpus
+        if request.vp_set is None or request.vp_set.is_all:
+            return -1, self.spec.vcpus, None
         vp_map = part.vp_map
         start = time.perf_counter_ns()
         targets = vp_map.resolve(request.vp_set)
-        return time.perf_counter_ns() - start, len(targets)
+        return time.perf_counter_ns() - start, len(targets), frozenset(request.vp_set.members())
 
     def _deliver_ipi(self, vector: int, targets: Sequence[int]) -> None:
         r = self.result
@@ -441,6 +456,7 @@ class _LinuxVm:
                     f"IPI vector {vector:#x} for vCPU {right} (VP {self.spec.vp_indexes[right]}) "
                     f"delivered to vCPU {wrong} on purpose"
                 )
+        self._delivered.vcpus = frozenset(sent)
         with self._lock:
             for t in targets:
                 r.ipis_sent[t][vector] += 1
