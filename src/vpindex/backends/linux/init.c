@@ -18,8 +18,9 @@
  * nodes, writes to stdout and exits instead of rebooting; the workload and report are the same.
  *
  * Phases (each in its own forked process, so its mm has been live only on the CPUs it uses):
- *   list-subset   main on the first CPU, one worker on the second: single-page remaps, so the
- *                 kernel flushes a page list on a strict subset of CPUs (0x0003 or 0x0014).
+ *   list-subset   one worker on the CPU with the highest VP index, the main thread on another:
+ *                 single-page remaps, so the kernel flushes a page list on a strict subset of
+ *                 CPUs (0x0003, or 0x0014 as soon as that VP index is 64 or more).
  *   space-subset  the same two threads; the worker touches a populated 64-page region, then
  *                 the main thread unmaps it: more than 33 pages, a whole-space flush
  *                 (0x0002/0x0013).
@@ -482,7 +483,31 @@ static int ipi_round(uint32_t seq, char *error)
 }
 
 /* Runs in the phase's own process; fills *out. workers_on: CPU positions 1..n_workers. */
-static void run_phase(enum phase_kind kind, int n_workers, long iterations,
+/*
+ * The CPUs of a phase, main thread first: every CPU in order, or (subset phases) the main thread
+ * and one worker, the worker on the CPU with the highest VP index. Linux picks the Ex form of a
+ * flush or IPI by its targets' VP indexes (arch/x86/hyperv/mmu.c, hv_apic.c in 6.12), and the
+ * main thread's flushes target the worker, so any VP index of 64 or more gives the Ex forms.
+ */
+static int phase_cpus(int all_cpus, int order[MAX_CPUS])
+{
+	int high = 0, main_pos;
+
+	if (all_cpus || n_cpus < 2) {
+		for (int i = 0; i < n_cpus; i++)
+			order[i] = cpus[i];
+		return n_cpus;
+	}
+	for (int i = 1; i < n_cpus; i++)
+		if (vp_index[i] > vp_index[high])
+			high = i;
+	main_pos = high == 0 ? 1 : 0;
+	order[0] = cpus[main_pos];
+	order[1] = cpus[high];
+	return 2;
+}
+
+static void run_phase(enum phase_kind kind, const int *order, int n_workers, long iterations,
 		      struct phase_result *out)
 {
 	struct worker workers[MAX_CPUS];
@@ -492,9 +517,9 @@ static void run_phase(enum phase_kind kind, int n_workers, long iterations,
 	memset(&sh, 0, sizeof(sh));
 	sh.kind = kind;
 	out->n_cpus = 0;
-	out->cpus[out->n_cpus++] = cpus[0];
-	if (pin_self(cpus[0]) != 0) {
-		snprintf(out->error, ERROR_LEN, "pin main thread to cpu %d: %s", cpus[0],
+	out->cpus[out->n_cpus++] = order[0];
+	if (pin_self(order[0]) != 0) {
+		snprintf(out->error, ERROR_LEN, "pin main thread to cpu %d: %s", order[0],
 			 strerror(errno));
 		return;
 	}
@@ -514,7 +539,7 @@ static void run_phase(enum phase_kind kind, int n_workers, long iterations,
 		cpu_set_t set;
 		int rc;
 
-		workers[w].cpu = cpus[1 + w];
+		workers[w].cpu = order[1 + w];
 		CPU_ZERO(&set);
 		CPU_SET(workers[w].cpu, &set);
 		pthread_attr_init(&attr);
@@ -585,10 +610,9 @@ static void phase_in_child(const struct phase_spec *spec, long iterations,
 {
 	int status;
 	pid_t pid;
-	int n_workers = n_cpus - 1;
+	int order[MAX_CPUS];
+	int n_workers = phase_cpus(spec->all_cpus, order) - 1;
 
-	if (!spec->all_cpus && n_workers > 1)
-		n_workers = 1;
 	memset(out, 0, sizeof(*out));
 	pid = fork();
 	if (pid < 0) {
@@ -596,7 +620,7 @@ static void phase_in_child(const struct phase_spec *spec, long iterations,
 		return;
 	}
 	if (pid == 0) {
-		run_phase(spec->kind, n_workers, iterations, out);
+		run_phase(spec->kind, order, n_workers, iterations, out);
 		_exit(0);
 	}
 	while (waitpid(pid, &status, 0) < 0)
