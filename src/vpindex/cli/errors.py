@@ -110,6 +110,20 @@ def check_output_path(option: str, path: Path) -> Path:
     return path
 
 
+def readable_file_size(option: str, path: Path) -> int:
+    """``path`` is a regular file this process can open for reading: its size in bytes.
+    Otherwise one ``error:`` line naming ``option`` and the path (exit 2)."""
+    if not path.is_file():
+        bad_option(option, f"{path} is not a file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        bad_option(option, f"cannot read {path}: {err.strerror or err}")
+    return size
+
+
 def output_path_callback(
     ctx: typer.Context, param: typer.CallbackParam, value: Path | None
 ) -> Path | None:

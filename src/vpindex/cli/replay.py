@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vpindex.abi.vpset import MAX_VP_INDEX
-from vpindex.cli.errors import bad_option, printable, run_failed
+from vpindex.cli.errors import bad_option, printable, readable_file_size, run_failed
 from vpindex.cli.limits import MAX_BENCH_REPEAT, MAX_REPLAY_BYTES, MAX_SAMPLE_MS
 from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
 from vpindex.cli.progress import progress
@@ -83,14 +83,7 @@ def _render(console: Console, path: Path, doc: dict[str, Any]) -> None:
 
 
 def _trace_file(value: Path) -> Path:
-    if not value.is_file():
-        bad_option("FILE", f"{value} is not a file")
-    try:
-        size = value.stat().st_size
-        with value.open("rb"):
-            pass
-    except OSError as err:
-        bad_option("FILE", f"cannot read {value}: {err.strerror or err}")
+    size = readable_file_size("FILE", value)
     if size > MAX_REPLAY_BYTES:
         bad_option("FILE", f"{value} is {size} bytes; at most {MAX_REPLAY_BYTES} are read")
     return value

@@ -21,7 +21,13 @@ from vpindex.abi import MAX_VP_INDEX
 from vpindex.backends.report import RunReport
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES
 from vpindex.backends.sim import MAPPINGS, WORKLOADS, SimOptions, run_sim
-from vpindex.cli.errors import bad_option, output_path_callback, run_failed, write_output
+from vpindex.cli.errors import (
+    bad_option,
+    output_path_callback,
+    readable_file_size,
+    run_failed,
+    write_output,
+)
 from vpindex.cli.limits import (
     MAX_GUEST_MEMORY_MIB,
     MAX_ITERATIONS,
@@ -286,14 +292,7 @@ def _entry_callback(value: str | None) -> int | None:
 def _guest_callback(value: Path | None) -> Path | None:
     if value is None:
         return None
-    if not value.is_file():
-        bad_option("--guest", f"{value} is not a file")
-    try:
-        size = value.stat().st_size
-        with value.open("rb"):
-            pass
-    except OSError as err:
-        bad_option("--guest", f"cannot read {value}: {err.strerror or err}")
+    size = readable_file_size("--guest", value)
     if size == 0:
         bad_option("--guest", f"{value} is empty")
     if size > MAX_GUEST_MEMORY_MIB << 20:
