@@ -49,11 +49,9 @@ COMMAND_LINE_MAX = 2047
 """x86 Linux keeps at most COMMAND_LINE_SIZE (2048) bytes of command line, NUL included."""
 
 
-def base_cmdline_words(*, host_workarounds: bool = False) -> list[str]:
-    """The console and boot words. ``host_workarounds`` must be False (kept for callers that
-    say so explicitly): host-specific words come from the VMM's host fixes, not from here."""
-    if host_workarounds:
-        raise ValueError("host-specific kernel words live with the VMM's host fixes")
+def base_cmdline_words() -> list[str]:
+    """The console and boot words every run starts from. Host-specific words are not here:
+    they come from the VMM's host fixes."""
     return [*CONSOLE_WORDS, *BOOT_WORDS]
 
 
@@ -66,6 +64,7 @@ def kernel_cmdline(*groups: Iterable[str]) -> str:
         if not word or any(c.isspace() for c in word):
             raise ValueError(f"bad kernel command-line word {word!r}")
     line = " ".join(words)
-    if len(line.encode()) > COMMAND_LINE_MAX:
-        raise ValueError(f"kernel command line is {len(line)} bytes; the limit is 2047")
+    size = len(line.encode())
+    if size > COMMAND_LINE_MAX:
+        raise ValueError(f"kernel command line is {size} bytes; the limit is {COMMAND_LINE_MAX}")
     return line

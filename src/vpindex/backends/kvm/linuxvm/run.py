@@ -240,7 +240,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
     cannot serve it."""
     image = read_vmlinux(req.kernel)
     initrd = req.initrd.read_bytes()
-    words = base_cmdline_words(host_workarounds=False)
+    words = base_cmdline_words()
     cmdline = kernel_cmdline(
         words, HIDE_FEATURES_WORDS, cmdline_words(req.workload, req.iterations), req.append
     )
