@@ -31,8 +31,10 @@ __all__ = [
     "error_line",
     "output_path_callback",
     "printable",
+    "readable_file_size",
     "report_click_error",
     "run_failed",
+    "usage_error",
     "write_output",
 ]
 
@@ -59,6 +61,12 @@ def bad_option(option: str, message: str) -> NoReturn:
     """A user's mistake about ``option`` (e.g. ``"--vcpus"``); ``message`` says what is wrong
     and quotes the value. Exit status 2, reported by :func:`report_click_error`."""
     raise typer.BadParameter(message, param_hint=option)
+
+
+def usage_error(message: str) -> NoReturn:
+    """A user's mistake that no one option names (e.g. a tool to install first): one
+    ``error: message`` line, exit status 2, as :func:`bad_option`."""
+    raise typer.BadParameter(message)
 
 
 def _hint(err: typer.BadParameter) -> str | None:

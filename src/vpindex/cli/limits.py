@@ -16,11 +16,14 @@ __all__ = [
     "MAX_DECODE_INPUT_BYTES",
     "MAX_GUEST_MEMORY_MIB",
     "MAX_ITERATIONS",
+    "MAX_LINUX_TIMEOUT_S",
+    "MAX_LINUX_VCPUS",
     "MAX_REPLAY_BYTES",
     "MAX_SAMPLE_MS",
     "MAX_SIM_CALLS",
     "MAX_TIMEOUT_S",
     "MIN_GUEST_MEMORY_MIB",
+    "MIN_LINUX_MEMORY_MIB",
 ]
 
 #: ``run --backend sim --calls``: about a minute and 600 MB.
@@ -29,9 +32,18 @@ MAX_SIM_CALLS: Final = 1_000_000
 MAX_ITERATIONS: Final = 10_000
 #: ``run --backend kvm --timeout``, seconds.
 MAX_TIMEOUT_S: Final = 3600.0
-#: ``run --guest --memory``, MiB of guest RAM.
+#: ``run --guest --memory`` and ``linux run --memory``, MiB of guest RAM.
 MIN_GUEST_MEMORY_MIB: Final = 2
 MAX_GUEST_MEMORY_MIB: Final = 4096
+#: ``linux run --memory``: the least a Linux guest is given (the kernel itself is placed at
+#: 16 MiB; the run says when RAM above that cannot hold the kernel and its initramfs).
+MIN_LINUX_MEMORY_MIB: Final = 16
+#: ``linux run --vcpus``: a boot's time grows with each vCPU when kernel code is emulated
+#: (8 vCPUs took minutes on a software-virtualised host); the built kernel allows 16.
+MAX_LINUX_VCPUS: Final = 8
+#: ``linux build --timeout`` and ``linux run --timeout``, seconds: a stock kernel's boot or a
+#: cold kernel build on a loaded host can take many minutes, so the bound is a day.
+MAX_LINUX_TIMEOUT_S: Final = 24 * 3600.0
 #: ``bench``: cells in one sweep (the full default sweep has 2,280; each takes ``--repeat``
 #: samples of ``--sample-ms``).
 MAX_BENCH_CELLS: Final = 20_000

@@ -1,7 +1,9 @@
 """``vpindex linux ...``: the Linux guest (its kernel, its ``/init``) and runs of it.
 
-User mistakes end with one line ``error: ...`` on stderr and exit status 2 (nothing on
-stdout); a failed build exits 1.
+Errors go through :mod:`vpindex.cli.errors` like every other command's: a user's mistake is
+one ``error: OPTION: ...`` line on stderr and exit status 2 (nothing on stdout); a failed build
+or run exits 1 (a run under ``--json`` still prints one JSON object). Bounds come from
+:mod:`vpindex.cli.limits`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -25,6 +27,20 @@ from vpindex.backends.linux.build import (
 )
 from vpindex.backends.linux.stock import fetch_stock_kernel
 from vpindex.backends.linux.workload import DEFAULT_ITERATIONS, MAX_ITERATIONS, WORKLOADS
+from vpindex.cli.errors import (
+    bad_option,
+    output_path_callback,
+    readable_file_size,
+    run_failed,
+    usage_error,
+)
+from vpindex.cli.limits import (
+    MAX_GUEST_MEMORY_MIB,
+    MAX_LINUX_TIMEOUT_S,
+    MAX_LINUX_VCPUS,
+    MIN_LINUX_MEMORY_MIB,
+)
+from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
 from vpindex.defaults import LINUX_MEMORY_MIB, LINUX_TIMEOUT_S, LINUX_VCPUS
 
 __all__ = ["linux_app"]
@@ -36,35 +52,22 @@ linux_app = typer.Typer(
     add_completion=False,
 )
 
-_MAX_TIMEOUT_S = 24 * 3600.0
-_MAX_MEMORY_MIB = 4096
-
-
-def _usage_error(message: str) -> NoReturn:
-    """A user's mistake: one line on stderr, exit 2."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _failure(message: str) -> NoReturn:
-    """A failed run: one line on stderr, exit 1."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
 
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def build_or_exit(source: Path | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> BuildResult:
+def build_or_exit(
+    source: Path | None, timeout_s: float = DEFAULT_TIMEOUT_S, *, as_json: bool = False
+) -> BuildResult:
     """:func:`build_kernel` with progress on stderr; exits 2 when the user must act (missing
     source or tools, a bad ``--source``) and 1 when the build fails."""
     try:
         return build_kernel(source, _progress, timeout_s=timeout_s)
     except SourceError as err:
-        _usage_error(str(err))
+        usage_error(str(err))
     except BuildError as err:
-        _failure(str(err))
+        run_failed(str(err), as_json=as_json)
 
 
 @linux_app.command("build")
@@ -77,16 +80,19 @@ def build(
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds the whole build may take.")
+        float,
+        typer.Option(
+            parser=float_in(1.0, MAX_LINUX_TIMEOUT_S, "--timeout"),
+            metavar="S",
+            help="Seconds the whole build may take.",
+        ),
     ] = DEFAULT_TIMEOUT_S,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Build the guest kernel and the project's /init (an uncompressed initramfs), or reuse
     them from the cache (keyed by kernel source, config fragment and compiler). Progress goes
     to stderr."""
-    if not 0 < timeout <= _MAX_TIMEOUT_S:
-        _usage_error(f"--timeout must be in (0, {_MAX_TIMEOUT_S:.0f}] seconds, got {timeout:g}")
-    result = build_or_exit(source, timeout)
+    result = build_or_exit(source, timeout, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -110,7 +116,15 @@ def run(
         Path | None,
         typer.Option("--initrd", help="An uncompressed cpio initramfs; default: the built one."),
     ] = None,
-    vcpus: Annotated[int, typer.Option("--vcpus", help="vCPUs, 1..8.")] = LINUX_VCPUS,
+    vcpus: Annotated[
+        int,
+        typer.Option(
+            "--vcpus",
+            parser=int_in(1, MAX_LINUX_VCPUS, "--vcpus"),
+            metavar="N",
+            help=f"vCPUs, 1..{MAX_LINUX_VCPUS}.",
+        ),
+    ] = LINUX_VCPUS,
     vp_indexes: Annotated[
         str | None,
         typer.Option(
@@ -119,10 +133,21 @@ def run(
         ),
     ] = None,
     workload: Annotated[
-        str, typer.Option("--workload", help=f"/init's workload: {', '.join(WORKLOADS)}.")
+        str,
+        typer.Option(
+            "--workload",
+            parser=choice(tuple(WORKLOADS), "--workload"),
+            help=f"/init's workload: {', '.join(WORKLOADS)}.",
+        ),
     ] = "default",
     iterations: Annotated[
-        int, typer.Option("--iterations", help="Iterations of each workload phase.")
+        int,
+        typer.Option(
+            "--iterations",
+            parser=int_in(1, MAX_ITERATIONS, "--iterations"),
+            metavar="N",
+            help="Iterations of each workload phase.",
+        ),
     ] = DEFAULT_ITERATIONS,
     no_hyperv: Annotated[
         bool,
@@ -145,13 +170,32 @@ def run(
             "/init starts goes to the wrong vCPU).",
         ),
     ] = None,
-    memory: Annotated[int, typer.Option("--memory", help="Guest RAM in MiB.")] = LINUX_MEMORY_MIB,
+    memory: Annotated[
+        int,
+        typer.Option(
+            "--memory",
+            parser=int_in(MIN_LINUX_MEMORY_MIB, MAX_GUEST_MEMORY_MIB, "--memory"),
+            metavar="MIB",
+            help="Guest RAM in MiB.",
+        ),
+    ] = LINUX_MEMORY_MIB,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds before the run is declared hung.")
+        float,
+        typer.Option(
+            "--timeout",
+            parser=float_in(1.0, MAX_LINUX_TIMEOUT_S, "--timeout"),
+            metavar="S",
+            help="Seconds before the run is declared hung.",
+        ),
     ] = LINUX_TIMEOUT_S,
     trace_out: Annotated[
         Path | None,
-        typer.Option("--trace-out", help="Write the guest's hypercalls as KVM tracepoint text."),
+        typer.Option(
+            "--trace-out",
+            callback=output_path_callback,
+            metavar="FILE",
+            help="Write the guest's hypercalls as KVM tracepoint text.",
+        ),
     ] = None,
     append: Annotated[
         str | None,
@@ -173,54 +217,40 @@ def run(
     console streams to stderr (unless --json). Exit status 0 only when the run passed."""
     from vpindex.abi.hvflags import parse_hv_flags
     from vpindex.backends.kvm import KvmError
-    from vpindex.backends.kvm.linuxvm.run import (
-        LinuxRun,
-        check_vcpus,
-        parse_vp_indexes,
-        run_linux,
-        stderr_sink,
-    )
+    from vpindex.backends.kvm.linuxvm.run import LinuxRun, guest_cmdline, run_linux, stderr_sink
     from vpindex.backends.kvm.linuxvm.vmm import CONTROLS
 
-    try:
-        check_vcpus(vcpus)
-    except ValueError as err:
-        _usage_error(f"--vcpus {vcpus}: {err}")
-    try:
-        layout = parse_vp_indexes(vp_indexes, vcpus)
-    except ValueError as err:
-        _usage_error(f"--vp-indexes {vp_indexes}: {err}")
+    layout = tuple(parse_vp_indexes(vp_indexes)) if vp_indexes is not None else None
+    if layout is not None and len(layout) != vcpus:
+        bad_option("--vp-indexes", f"names {len(layout)} VP indexes for --vcpus {vcpus}")
     if no_hyperv and hv is not None:
-        _usage_error("--no-hyperv and --hv exclude each other")
+        bad_option("--hv", f"{hv}: not used with --no-hyperv (they exclude each other)")
     try:
         selection = None if no_hyperv else parse_hv_flags(hv or ",".join(DEFAULT_HV_FLAGS))
     except ValueError as err:
-        _usage_error(f"--hv {hv}: {err}")
-    if workload not in WORKLOADS:
-        _usage_error(f"--workload {workload}: choose from {', '.join(WORKLOADS)}")
-    if not 1 <= iterations <= MAX_ITERATIONS:
-        _usage_error(f"--iterations {iterations}: must be in [1, {MAX_ITERATIONS}]")
-    if control is not None and control not in CONTROLS:
-        _usage_error(f"--control {control}: choose from {', '.join(CONTROLS)}")
-    if not 16 <= memory <= _MAX_MEMORY_MIB:
-        _usage_error(f"--memory {memory}: must be in [16, {_MAX_MEMORY_MIB}] MiB")
-    if not 0 < timeout <= _MAX_TIMEOUT_S:
-        _usage_error(f"--timeout {timeout:g}: must be in (0, {_MAX_TIMEOUT_S:.0f}] seconds")
+        bad_option("--hv", f"{hv}: {err}")
+    if control is not None:
+        choice(CONTROLS, "--control")(control)
+    words = tuple(append.split()) if append else ()
+    try:
+        guest_cmdline(workload, iterations, words)
+    except ValueError as err:
+        bad_option("--append", f"{len(append or '')} characters: {err}")
     for option, path in (("--kernel", kernel), ("--initrd", initrd)):
-        if path is not None and not path.is_file():
-            _usage_error(f"{option} {path}: no such file")
+        if path is not None:
+            readable_file_size(option, path)
     if kernel is None or initrd is None:
         built = cached_build()
         if built is None:
             typer.echo("note: building the guest kernel and /init first", err=True)
-            built = build_or_exit(None)
+            built = build_or_exit(None, as_json=as_json)
         kernel = kernel or built.vmlinux
         initrd = initrd or built.initrd
     request = LinuxRun(
         kernel=kernel,
         initrd=initrd,
         vcpus=vcpus,
-        vp_indexes=layout,
+        vp_indexes=layout if layout is not None else tuple(range(vcpus)),
         hv=selection,
         workload=workload,
         iterations=iterations,
@@ -229,19 +259,19 @@ def run(
         control=control,
         trace_out=trace_out,
         console_sink=None if as_json else stderr_sink(),
-        append=tuple(append.split()) if append else (),
+        append=words,
         acpi=acpi,
     )
     try:
         passed, report = run_linux(request)
     except BadKernel as err:
-        _usage_error(f"--kernel {kernel}: {err}")
-    except ValueError as err:
-        _usage_error(str(err))
+        bad_option("--kernel", f"{kernel}: {err}")
+    except ValueError as err:  # past the checks above: the kernel's placement against RAM
+        raise typer.BadParameter(str(err), param_hint=["--kernel", "--memory"]) from None
     except OSError as err:
-        _usage_error(f"{err.filename or ''}: {err.strerror or err}")
+        usage_error(f"{err.filename or ''}: {err.strerror or err}")
     except KvmError as err:
-        _failure(str(err).splitlines()[0])
+        run_failed(str(err).splitlines()[0], as_json=as_json, doc={"guest": "linux"})
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -301,9 +331,9 @@ def fetch(
     try:
         kernel = fetch_stock_kernel(package, _progress)
     except SourceError as err:
-        _usage_error(str(err))
+        usage_error(str(err))
     except BuildError as err:
-        _failure(str(err))
+        run_failed(str(err), as_json=as_json)
     if as_json:
         typer.echo(json.dumps(kernel.as_json(), indent=2))
     else:

@@ -58,10 +58,10 @@ def base_cmdline_words() -> list[str]:
 def kernel_cmdline(*groups: Iterable[str]) -> str:
     """The words of every group joined by spaces. Raises ValueError when the result is longer
     than :data:`COMMAND_LINE_MAX` (the kernel would cut it silently) or a word is empty or
-    holds whitespace."""
+    holds whitespace or an unprintable character."""
     words = [word for group in groups for word in group]
     for word in words:
-        if not word or any(c.isspace() for c in word):
+        if not word or not word.isprintable() or any(c.isspace() for c in word):
             raise ValueError(f"bad kernel command-line word {word!r}")
     line = " ".join(words)
     size = len(line.encode())

@@ -29,7 +29,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -54,8 +54,7 @@ from vpindex.engine import format_event
 __all__ = [
     "IPI_ROWS",
     "LinuxRun",
-    "check_vcpus",
-    "parse_vp_indexes",
+    "guest_cmdline",
     "run_linux",
     "stderr_sink",
 ]
@@ -234,16 +233,22 @@ def _judge(
     return failures, notes
 
 
+def guest_cmdline(workload: str, iterations: int, append: Sequence[str] = ()) -> str:
+    """The kernel command line of a run: the base words, the host fixes' words, /init's knobs
+    and the caller's ``append`` words. Raises ValueError when a word is bad or the line is
+    longer than the kernel keeps (a caller can check ``--append`` before booting)."""
+    return kernel_cmdline(
+        base_cmdline_words(), HIDE_FEATURES_WORDS, cmdline_words(workload, iterations), append
+    )
+
+
 def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
     """Boot and judge one run; returns (passed, the JSON report). Raises ValueError for a
     request that cannot run (bad kernel file, too little RAM...) and KvmError when /dev/kvm
     cannot serve it."""
     image = read_vmlinux(req.kernel)
     initrd = req.initrd.read_bytes()
-    words = base_cmdline_words()
-    cmdline = kernel_cmdline(
-        words, HIDE_FEATURES_WORDS, cmdline_words(req.workload, req.iterations), req.append
-    )
+    cmdline = guest_cmdline(req.workload, req.iterations, req.append)
     spec = BootSpec(
         kernel=image,
         initrd=initrd,
@@ -339,28 +344,3 @@ def stderr_sink() -> Callable[[bytes], None]:
             out.flush()
 
     return sink
-
-
-def parse_vp_indexes(text: str | None, vcpus: int) -> tuple[int, ...]:
-    """``--vp-indexes``: comma-separated distinct integers in [0, 4096), one per vCPU (default:
-    0..vcpus-1). Raises ValueError naming the problem."""
-    if text is None:
-        return tuple(range(vcpus))
-    try:
-        values = tuple(int(v, 0) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"not a comma-separated list of integers: {text!r}") from None
-    if len(values) != vcpus:
-        raise ValueError(f"{len(values)} VP indexes given for {vcpus} vCPUs")
-    if len(set(values)) != len(values):
-        raise ValueError(f"VP indexes must be distinct, got {text}")
-    bad = [v for v in values if not 0 <= v < 4096]
-    if bad:
-        raise ValueError(f"VP indexes must be in [0, 4096), got {bad[0]}")
-    return values
-
-
-def check_vcpus(vcpus: int, limit: int = 8) -> None:
-    """--vcpus must be in [1, limit]."""
-    if not 1 <= vcpus <= limit:
-        raise ValueError(f"must be in [1, {limit}], got {vcpus}")
