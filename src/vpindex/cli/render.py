@@ -37,6 +37,7 @@ _GROUPS: Final = {
     "ipi": "vCPU 0 sends vector 0xfe, the others count it",
     "flush": "a page remapped and flushed; others read it",
     "flush-to-halted": "flushes to halted vCPUs",
+    "denied": "calls --hv leaves out; each must get ACCESS_DENIED",
     "vpindex": "RDMSR; WRMSR #GPs; a call from CPL3 #UDs",
     "scale": "sparse VP sets over many banks",
     "guest": "exit code per vCPU",

@@ -425,7 +425,8 @@ def run(
             "--hv",
             metavar="FLAGS",
             help="kvm: Hyper-V enlightenments in QEMU's -cpu vocabulary (hv-vpindex,hv-ipi,"
-            "...); only the cases they grant run (default: all).",
+            "...; default: all); the calls they grant must succeed, the others must get "
+            "ACCESS_DENIED.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -101,7 +101,9 @@ def run_suite(
     """Run the selftest-equivalent suite (``ipi``, ``flush``, ``vpindex`` or ``all``) on real
     VMs: sender vCPU 0 and receivers/workers with VP indexes 2 and 65 by default. ``hv``
     (QEMU-style ``hv-*`` flags, :func:`vpindex.abi.hvflags.parse_hv_flags`) limits the
-    partition's features and runs only the cases those grant (default: every feature).
+    partition's features (default: every feature): the cases those grant must succeed and the
+    calls they do not grant must be refused with HV_STATUS_ACCESS_DENIED
+    (:func:`vpindex.backends.kvm.runner.granted`).
     Raises KvmError for host-side problems (no usable /dev/kvm, guest fault, timeout)."""
     from vpindex.backends.kvm.runner import run_suite_impl
 

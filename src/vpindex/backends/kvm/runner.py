@@ -6,7 +6,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from vpindex.abi import Control, Features, HvCallCode, required_features, uses_xmm_input
+from vpindex.abi import (
+    Control,
+    Features,
+    HvCallCode,
+    HvStatus,
+    hypercall_result,
+    required_features,
+    uses_xmm_input,
+)
 from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.errors import KvmError
 from vpindex.backends.kvm.guests.suite_layout import Kind, Map
@@ -23,7 +31,16 @@ from vpindex.backends.kvm.suite_machine import (
 from vpindex.backends.report import CallMix, CaseResult, RunReport, percentiles
 from vpindex.backends.scenarios import SELFTEST_VP_INDEXES, flush_scenarios
 
-__all__ = ["default_vp_indexes", "granted", "run_flush", "run_ipi", "run_suite_impl", "run_vpindex"]
+__all__ = [
+    "DENIED_PREFIX",
+    "DENIED_RAX",
+    "default_vp_indexes",
+    "granted",
+    "run_flush",
+    "run_ipi",
+    "run_suite_impl",
+    "run_vpindex",
+]
 
 Progress = Callable[[str], None] | None
 _ALL_FEATURES: Final = Features.all()
@@ -51,17 +68,36 @@ def _check_layout(vcpus: int, vp_indexes: Sequence[int]) -> dict[int, int]:
     return vp_to_cpu
 
 
+#: Name prefix of a case whose call the partition's features deny.
+DENIED_PREFIX: Final = "denied/"
+#: What a denied call returns: HV_STATUS_ACCESS_DENIED, no rep completed. KVM checks the
+#: guest's CPUID feature bits (with enforce_cpuid on) before anything else about the call,
+#: before the XMM-input check too (arch/x86/kvm/hyperv.c, kvm_hv_hypercall ->
+#: hv_check_hypercall_access, Linux 6.12); the engine keeps that order.
+DENIED_RAX: Final = hypercall_result(HvStatus.ACCESS_DENIED, 0)
+
+
 def granted(cases: Sequence[CaseSpec], features: Features) -> list[CaseSpec]:
-    """The cases a partition offering ``features`` lets the guest make: a call is kept when
-    its code's required features (and XMM input, for an XMM fast call) are all granted."""
+    """The cases to run on a partition offering ``features``:
+
+    * a call whose code needs a feature that is not granted becomes a check that it is
+      refused: ``denied/NAME``, issued and checked for :data:`DENIED_RAX` alone (it reaches
+      nobody, so a wrongly served call fails on its RAX);
+    * an XMM fast call of a granted code is left out when XMM input is not offered (the guest
+      would take #UD, which the suite's CPL0 sender has no handler for);
+    * every other case runs as it is, and must succeed.
+    """
     out = []
     for case in cases:
         if case.call is not None:
             control = case.call.control
-            need = required_features(HvCallCode(Control.decode(control).code))
-            if uses_xmm_input(control):
-                need |= Features.XMM_HYPERCALL_INPUT
-            if need & ~features:
+            if required_features(HvCallCode(Control.decode(control).code)) & ~features:
+                out.append(
+                    CaseSpec(DENIED_PREFIX + case.name, Kind.CALL_ONLY, case.call,
+                             frozenset(), DENIED_RAX)
+                )  # fmt: skip
+                continue
+            if uses_xmm_input(control) and Features.XMM_HYPERCALL_INPUT not in features:
                 continue
         out.append(case)
     return out
@@ -92,7 +128,7 @@ def run_ipi(
     try:
         sm.run(timeout)
         raw = sm.case_results(plan)
-        results = [c if c.name.startswith(HALTED_PREFIX) else _prefixed("ipi/", c) for c in raw]
+        results = [c if c.name.startswith(_OWN_GROUP) else _prefixed("ipi/", c) for c in raw]
         # Cross-check the guest's counts against the engine's record of deliveries.
         engine_ipis = {i: len(sm.machine.partition.vcpu(i).ipis) for i in range(vcpus)}
         expected = {i: iterations * sum(1 for c in cases if i in c.targets) for i in range(vcpus)}
@@ -140,7 +176,9 @@ def run_flush(
         raw = sm.case_results(plan)
         figures = _machine_figures(sm)
         figures["mix"] = call_mix(plan, raw)
-        return [_prefixed("flush/", c) for c in raw], figures
+        return [
+            c if c.name.startswith(_OWN_GROUP) else _prefixed("flush/", c) for c in raw
+        ], figures
     finally:
         sm.close()
 
@@ -178,6 +216,8 @@ def run_vpindex(
 
 
 HALTED_PREFIX = "flush-to-halted/"
+#: Case names that keep their own group instead of the scenario's.
+_OWN_GROUP: Final = (HALTED_PREFIX, DENIED_PREFIX)
 
 
 def _flush_to_halted_cases() -> list[CaseSpec]:
@@ -256,6 +296,8 @@ def run_suite_impl(
             if case_name == "bare-exit":
                 if name != "vpindex":
                     pools["bare_exit"].extend(micros)
+            elif case_name.startswith(DENIED_PREFIX):  # refused calls: not a serve latency
+                report.calls += len(micros)
             elif case_name.startswith(HALTED_PREFIX):
                 pools["flush_to_halted"].extend(micros)
                 report.calls += len(micros)
