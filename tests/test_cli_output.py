@@ -162,3 +162,17 @@ def test_the_scale_case_reports_its_start_up() -> None:
         "indexes over 62 banks" in " ".join(out.split())
     )
     assert "... (128 in all)" in out
+
+
+_COMMANDS = [[], ["run"], ["decode"], ["bench"], ["bench", "calibrate"], ["replay"], ["linux"],
+             ["linux", "build"], ["linux", "run"], ["linux", "fetch"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", _COMMANDS, ids=[" ".join(c) or "vpindex" for c in _COMMANDS])
+def test_every_help_fits_80_columns_and_names_its_values(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": str(WIDTH)})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert not _too_wide(out), _too_wide(out)
+    assert "…" not in out  # nothing cut off (a long default once was)
+    assert "<str>" not in out  # every text option names what it takes (LIST, NAME, FLAGS...)

@@ -180,25 +180,38 @@ def bench(
     ctx: typer.Context,
     strategies: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated strategies (default all: {', '.join(STRATEGIES)})."),
+        typer.Option(
+            metavar="NAMES",
+            help=f"Comma-separated strategies (default all: {', '.join(STRATEGIES)}).",
+        ),
     ] = None,
     vcpus: Annotated[
         str | None,
-        typer.Option(help="vCPU counts N, e.g. 1,8,64 (default 1,8,64,128,512,1024,4096)."),
+        typer.Option(
+            metavar="LIST", help="vCPU counts N, e.g. 1,8,64 (default 1,8,64,128,512,1024,4096)."
+        ),
     ] = None,
     targets: Annotated[
-        str, typer.Option(help="Target-set sizes: ints, fractions of N (1/8) or 'all'.")
+        str,
+        typer.Option(metavar="LIST", help="Target-set sizes: ints, fractions of N (1/8) or 'all'."),
     ] = ",".join(DEFAULT_TARGETS),
     mapping: Annotated[
-        str, typer.Option(help="VP-index mappings: identity, shuffled, sparse.")
+        str, typer.Option(metavar="NAMES", help="VP-index mappings: identity, shuffled, sparse.")
     ] = ",".join(MAPPINGS),
     op: Annotated[
         str,
-        typer.Option("--op", help="Ops: resolve, vcpu_of, hypercall, update (comma-separated)."),
+        typer.Option(
+            "--op",
+            metavar="OPS",
+            help="Ops: resolve, vcpu_of, hypercall, update (comma-separated).",
+        ),
     ] = ",".join(OPS),
     variants: Annotated[
         str | None,
-        typer.Option(help="hypercall op: encodings, e.g. flush-space/ex/slow,ipi/non-ex/fast."),
+        typer.Option(
+            metavar="NAMES",
+            help="hypercall op: encodings, e.g. flush-space/ex/slow,ipi/non-ex/fast.",
+        ),
     ] = None,
     repeat: Annotated[
         int | None,
@@ -240,6 +253,7 @@ def bench(
         str,
         typer.Option(
             parser=choice(CLOCKS, "--clock"),
+            metavar="NAME",
             help="cpu (this thread's CPU time, robust on a busy host) or wall.",
         ),
     ] = "cpu",
@@ -329,12 +343,14 @@ def bench(
 def calibrate(
     repeat: Annotated[
         int,
-        typer.Option(parser=int_in(1, 1000, "--repeat"), metavar="N", help="Samples per point."),
+        typer.Option(
+            parser=int_in(1, MAX_BENCH_REPEAT, "--repeat"), metavar="N", help="Samples per point."
+        ),
     ] = 9,
     sample_ms: Annotated[
         float,
         typer.Option(
-            parser=float_in(0.1, 1000, "--sample-ms"),
+            parser=float_in(0.1, MAX_SAMPLE_MS, "--sample-ms"),
             metavar="MS",
             help="Minimum duration of one sample, ms.",
         ),

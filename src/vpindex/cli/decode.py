@@ -122,12 +122,15 @@ def _render(console: Console, info: dict[str, Any]) -> None:
 
 
 def decode(
-    control: Annotated[str, typer.Option("--control", "-c", help="The control word (RCX).")],
+    control: Annotated[
+        str, typer.Option("--control", "-c", metavar="RCX", help="The control word (RCX).")
+    ],
     input_hex: Annotated[
         str,
         typer.Option(
             "--input",
             "-i",
+            metavar="HEX",
             help="Input block as hex: the bytes at the input GPA (slow call), or RDX, R8, "
             "XMM0-XMM5 in order, little-endian (fast call; registers not given are 0).",
         ),

@@ -47,9 +47,9 @@ MAX_LINUX_TIMEOUT_S: Final = 24 * 3600.0
 #: ``bench``: cells in one sweep (the full default sweep has 2,280; each takes ``--repeat``
 #: samples of ``--sample-ms``).
 MAX_BENCH_CELLS: Final = 20_000
-#: ``bench`` / ``replay --repeat``: timed samples per cell.
+#: ``bench`` / ``bench calibrate`` / ``replay --repeat``: timed samples per cell or point.
 MAX_BENCH_REPEAT: Final = 100
-#: ``bench`` / ``replay --sample-ms``: the minimum length of one sample.
+#: ``bench`` / ``bench calibrate`` / ``replay --sample-ms``: the least length of one sample.
 MAX_SAMPLE_MS: Final = 10_000.0
 #: ``replay FILE``: the largest trace read.
 MAX_REPLAY_BYTES: Final = 256 << 20

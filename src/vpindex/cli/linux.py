@@ -76,6 +76,7 @@ def build(
         Path | None,
         typer.Option(
             "--source",
+            metavar="DIR",
             help="A Linux source tree (or .tar.* of one); default: Debian's linux-source-6.12.",
         ),
     ] = None,
@@ -110,11 +111,17 @@ def _hit(cache_hit: bool) -> str:
 def run(
     kernel: Annotated[
         Path | None,
-        typer.Option("--kernel", help="An x86-64 vmlinux (ELF); default: the built one."),
+        typer.Option(
+            "--kernel", metavar="VMLINUX", help="An x86-64 vmlinux (ELF); default: the built one."
+        ),
     ] = None,
     initrd: Annotated[
         Path | None,
-        typer.Option("--initrd", help="An uncompressed cpio initramfs; default: the built one."),
+        typer.Option(
+            "--initrd",
+            metavar="CPIO",
+            help="An uncompressed cpio initramfs; default: the built one.",
+        ),
     ] = None,
     vcpus: Annotated[
         int,
@@ -129,6 +136,7 @@ def run(
         str | None,
         typer.Option(
             "--vp-indexes",
+            metavar="LIST",
             help="VP index of each vCPU, e.g. 3,0,4095,64 (distinct, < 4096); default 0..N-1.",
         ),
     ] = None,
@@ -137,6 +145,7 @@ def run(
         typer.Option(
             "--workload",
             parser=choice(tuple(WORKLOADS), "--workload"),
+            metavar="NAME",
             help=f"/init's workload: {', '.join(WORKLOADS)}.",
         ),
     ] = "default",
@@ -146,7 +155,7 @@ def run(
             "--iterations",
             parser=int_in(1, MAX_ITERATIONS, "--iterations"),
             metavar="N",
-            help="Iterations of each workload phase.",
+            help=f"Iterations of each workload phase, 1..{MAX_ITERATIONS}.",
         ),
     ] = DEFAULT_ITERATIONS,
     no_hyperv: Annotated[
@@ -157,14 +166,16 @@ def run(
         str | None,
         typer.Option(
             "--hv",
+            metavar="FLAGS",
             help="Enlightenments in QEMU's -cpu vocabulary, e.g. hv-vpindex,hv-ipi "
-            f"(default: all of {','.join(DEFAULT_HV_FLAGS)}).",
+            f"(default: all of {', '.join(DEFAULT_HV_FLAGS)}).",
         ),
     ] = None,
     control: Annotated[
         str | None,
         typer.Option(
             "--control",
+            metavar="NAME",
             help="A control run that must fail: refuse-flush (flush hypercalls answered with "
             "an error: the guest falls back to IPI shootdowns) or misroute-ipi (one IPI after "
             "/init starts goes to the wrong vCPU).",
@@ -176,7 +187,7 @@ def run(
             "--memory",
             parser=int_in(MIN_LINUX_MEMORY_MIB, MAX_GUEST_MEMORY_MIB, "--memory"),
             metavar="MIB",
-            help="Guest RAM in MiB.",
+            help=f"Guest RAM in MiB, {MIN_LINUX_MEMORY_MIB}..{MAX_GUEST_MEMORY_MIB}.",
         ),
     ] = LINUX_MEMORY_MIB,
     timeout: Annotated[
@@ -185,7 +196,7 @@ def run(
             "--timeout",
             parser=float_in(1.0, MAX_LINUX_TIMEOUT_S, "--timeout"),
             metavar="S",
-            help="Seconds before the run is declared hung.",
+            help=f"Seconds before the run is declared hung, up to {MAX_LINUX_TIMEOUT_S:.0f}.",
         ),
     ] = LINUX_TIMEOUT_S,
     trace_out: Annotated[
@@ -201,6 +212,7 @@ def run(
         str | None,
         typer.Option(
             "--append",
+            metavar="WORDS",
             help="Extra kernel command-line words, e.g. 'initcall_debug ignore_loglevel'.",
         ),
     ] = None,
@@ -320,6 +332,7 @@ def fetch(
         str | None,
         typer.Option(
             "--package",
+            metavar="NAME",
             help="An image package, e.g. linux-image-6.12.117+deb12-cloud-amd64; "
             "default: the newest 6.12 cloud kernel apt knows.",
         ),

@@ -112,7 +112,7 @@ def replay(
         ),
     ],
     strategy: Annotated[
-        str, typer.Option(help="A strategy name, a comma-separated list, or all.")
+        str, typer.Option(metavar="NAMES", help="A strategy name, a comma-separated list, or all.")
     ] = "all",
     vcpus: Annotated[
         int | None,
@@ -123,7 +123,10 @@ def replay(
         ),
     ] = None,
     vp_indexes: Annotated[
-        str | None, typer.Option("--vp-indexes", help="The VP index of each vCPU, e.g. 0,2,65.")
+        str | None,
+        typer.Option(
+            "--vp-indexes", metavar="LIST", help="The VP index of each vCPU, e.g. 0,2,65."
+        ),
     ] = None,
     repeat: Annotated[
         int,
@@ -142,7 +145,10 @@ def replay(
         ),
     ] = 20,
     clock: Annotated[
-        str, typer.Option(parser=choice(CLOCKS, "--clock"), help="cpu (thread CPU time) or wall.")
+        str,
+        typer.Option(
+            parser=choice(CLOCKS, "--clock"), metavar="NAME", help="cpu (thread CPU time) or wall."
+        ),
     ] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

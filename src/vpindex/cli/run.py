@@ -303,7 +303,9 @@ def _guest_callback(value: Path | None) -> Path | None:
 def run(
     backend: Annotated[
         Backend,
-        typer.Option(help="auto (KVM where /dev/kvm is usable, else sim), sim or kvm."),
+        typer.Option(
+            metavar="NAME", help="auto (KVM where /dev/kvm is usable, else sim), sim or kvm."
+        ),
     ] = Backend.AUTO,
     vcpus: Annotated[
         int | None,
@@ -326,6 +328,7 @@ def run(
         str,
         typer.Option(
             parser=choice(tuple(STRATEGIES), "--strategy"),
+            metavar="NAME",
             help=f"VP-index map strategy: {', '.join(STRATEGIES)}.",
         ),
     ] = DEFAULT_STRATEGY,
@@ -333,6 +336,7 @@ def run(
         str | None,
         typer.Option(
             parser=choice(MAPPINGS, "--mapping"),
+            metavar="NAME",
             help=f"sim: VP-index layout, {', '.join(MAPPINGS)} (default {SIM_MAPPING}).",
         ),
     ] = None,
@@ -340,6 +344,7 @@ def run(
         str | None,
         typer.Option(
             parser=choice(WORKLOADS, "--workload"),
+            metavar="NAME",
             help=f"sim: {', '.join(WORKLOADS)} (default {SIM_WORKLOAD}).",
         ),
     ] = None,
@@ -372,6 +377,7 @@ def run(
         str | None,
         typer.Option(
             parser=choice(SCENARIOS, "--scenario"),
+            metavar="NAME",
             help="kvm: ipi, flush, vpindex, all (default), or scale (a 128-vCPU VM, --vcpus up "
             "to 1024, senders targeting sparse VP sets over many banks; --iterations calls per "
             "sender).",
