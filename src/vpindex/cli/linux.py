@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from vpindex.abi import MAX_VP_INDEX
 from vpindex.abi.hvflags import DEFAULT_HV_FLAGS
 from vpindex.backends.kvm.linuxvm.elf import BadKernel
 from vpindex.backends.linux.build import (
@@ -137,7 +138,8 @@ def run(
         typer.Option(
             "--vp-indexes",
             metavar="LIST",
-            help="VP index of each vCPU, e.g. 3,0,4095,64 (distinct, < 4096); default 0..N-1.",
+            help=f"VP index of each vCPU, e.g. 3,0,4095,64 (distinct, < {MAX_VP_INDEX}); "
+            "default 0..N-1.",
         ),
     ] = None,
     workload: Annotated[

@@ -321,7 +321,7 @@ def run(
         typer.Option(
             "--vp-indexes",
             metavar="LIST",
-            help="The VP index of each vCPU in order, e.g. 0,2,65 (distinct, < 4096).",
+            help=f"The VP index of each vCPU in order, e.g. 0,2,65 (distinct, < {MAX_VP_INDEX}).",
         ),
     ] = None,
     strategy: Annotated[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 
-from vpindex.abi import U64_MAX
+from vpindex.abi import PAGE_SIZE, U64_MAX
 
 __all__ = ["GuestMemory"]
 
@@ -31,8 +31,10 @@ class GuestMemory:
     @classmethod
     def allocate(cls, size: int) -> GuestMemory:
         """Fresh zeroed memory of ``size`` bytes (a positive multiple of 4 KiB)."""
-        if not isinstance(size, int) or size <= 0 or size % 4096:
-            raise ValueError(f"memory size must be a positive multiple of 4096, got {size!r}")
+        if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
+            raise ValueError(
+                f"memory size must be a positive multiple of {PAGE_SIZE}, got {size!r}"
+            )
         return cls(bytearray(size))
 
     def contains(self, gpa: int, length: int) -> bool:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from vpindex.abi import U64_MAX, Features
+from vpindex.abi import MAX_VP_INDEX, U32_MAX, U64_MAX, Features
 from vpindex.engine import (
     HYPERCALL_STUB_VMCALL,
     MAX_RECORDED_PAGES,
@@ -241,7 +241,7 @@ class Case:
             out = list(range(n))
             rng.shuffle(out)
             return tuple(out)
-        return tuple(rng.sample(range(4096), n))
+        return tuple(rng.sample(range(MAX_VP_INDEX), n))
 
     def feature_flags(self) -> Features:
         out = Features.none()
@@ -392,7 +392,7 @@ def expected_outcome(
         return frozenset(v for v, vp in enumerate(vp_of) if mask >> vp & 1)
 
     if code == _IPI:
-        vector, mask = q[0] & 0xFFFFFFFF, q[1]
+        vector, mask = q[0] & U32_MAX, q[1]
         if not 0x10 <= vector <= 0xFF:
             return _fail(3)
         return Expected(targets=holders(mask), vector=vector)
@@ -417,7 +417,7 @@ def expected_outcome(
         for slot, bank in enumerate(banks):
             vp_mask |= q[base + 2 + slot] << (64 * bank)
     if code == _IPI_EX:
-        vector = q[0] & 0xFFFFFFFF
+        vector = q[0] & U32_MAX
         if vp_mask is not None and var == 0:
             return Expected(targets=frozenset(), vector=vector)
         if not 0x10 <= vector <= 0xFF:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vpindex.abi import (
+    MAX_VP_INDEX,
     U64_MAX,
     Control,
     FlushExInput,
@@ -35,7 +36,7 @@ _SETS = {
     "all": VpSet.all(),
     "empty": VpSet.of([]),
     "banks-0-5-63": VpSet.of([1, 5 * 64 + 7, 63 * 64 + 63]),
-    "every-vp": VpSet.of(range(4096)),
+    "every-vp": VpSet.of(range(MAX_VP_INDEX)),
 }
 
 

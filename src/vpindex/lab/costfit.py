@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from vpindex.abi import MAX_VP_INDEX
 from vpindex.abi.bits import PEEL_LIMIT, word_path
 from vpindex.lab.bodies import resolve_body
 from vpindex.lab.fixtures import Fixtures
@@ -66,7 +67,6 @@ REGIMES: Final = ("peel", "words", "flat", "walk")
 #: The maps docs/DESIGN.md tables the model's decision for (the sweep's fixtures, seed 2018).
 CROSSOVER_VCPUS: Final = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 CROSSOVER_MAPPINGS: Final = ("shuffled", "sparse")
-_MAX_VP: Final = 4096
 _SEED: Final = 2018
 #: The line ``--write`` replaces the block after, and the one that ends it.
 BEGIN_MARK: Final = "# BEGIN fitted"
@@ -81,8 +81,8 @@ class Point:
     regime: str
     k: int
     w: int
-    n: int = _MAX_VP
-    width: int = _MAX_VP
+    n: int = MAX_VP_INDEX
+    width: int = MAX_VP_INDEX
     table: str = ""
 
     def features(self) -> tuple[float, ...]:
@@ -137,13 +137,13 @@ def design_points() -> list[Point]:
 
 def _lookup_map(rng: random.Random) -> AdaptiveMap:
     """4096 vCPUs holding every VP index, shuffled; per-member lookups through the dict."""
-    vp_of = list(range(_MAX_VP))
+    vp_of = list(range(MAX_VP_INDEX))
     rng.shuffle(vp_of)
-    m = AdaptiveMap(_MAX_VP, max_vp_index=_MAX_VP)
+    m = AdaptiveMap(MAX_VP_INDEX, max_vp_index=MAX_VP_INDEX)
     m.assign(dict(enumerate(vp_of)))
     snap = _built(m)
     snap.table = None
-    snap.walk_from = _MAX_VP + 1
+    snap.walk_from = MAX_VP_INDEX + 1
     return m
 
 
@@ -155,7 +155,7 @@ def _walk_map(n: int, width: int, table: str, rng: random.Random) -> AdaptiveMap
         rng.shuffle(vp_of)
     else:
         vp_of = [width - 1, *rng.sample(range(width - 1), n - 1)]
-    m = AdaptiveMap(n, max_vp_index=_MAX_VP)
+    m = AdaptiveMap(n, max_vp_index=MAX_VP_INDEX)
     m.assign(dict(enumerate(vp_of)))
     snap = _built(m)
     snap.walker = Walker(snap.vp_of, snap.vcpus, table=table)
@@ -314,7 +314,7 @@ class CrossoverRow:
 
 def crossover_rows(model: CostModel = MODEL) -> list[CrossoverRow]:
     """The walk table and ``walk_from`` ``model`` gives each map of docs/DESIGN.md's table."""
-    fx = Fixtures(_SEED, _MAX_VP)
+    fx = Fixtures(_SEED, MAX_VP_INDEX)
     rows = []
     for n in CROSSOVER_VCPUS:
         for mapping in CROSSOVER_MAPPINGS:
@@ -340,9 +340,9 @@ def measure_crossover(
     (minimum of ``repeat`` interleaved samples) as its own per-member lookup, for a set of k
     held VP indexes drawn at random from the sweep's map ``(mapping, n)``; None if the lookup
     wins at every k. Both paths are adaptive's own, forced on two copies of the snapshot."""
-    fx = Fixtures(_SEED, _MAX_VP)
+    fx = Fixtures(_SEED, MAX_VP_INDEX)
     vp_of = fx.vp_of(mapping, n)
-    lookup, walk = (AdaptiveMap(n, max_vp_index=_MAX_VP) for _ in range(2))
+    lookup, walk = (AdaptiveMap(n, max_vp_index=MAX_VP_INDEX) for _ in range(2))
     for m in (lookup, walk):
         m.assign(dict(enumerate(vp_of)))
     snap = _built(lookup)

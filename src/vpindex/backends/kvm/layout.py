@@ -26,6 +26,7 @@ import struct
 from collections.abc import Mapping
 from typing import Final
 
+from vpindex.abi import PAGE_SIZE
 from vpindex.backends.kvm.structs import KvmSegment, KvmSregs
 
 __all__ = [
@@ -79,7 +80,6 @@ _GDT = (
     0x00CFF2000000FFFF,  # data, DPL3
 )
 
-_PAGE = 4096
 _LARGE_PAGE = 2 << 20
 _P, _RW, _US, _PS = 0x1, 0x2, 0x4, 0x80
 _TABLE_FLAGS = _P | _RW | _US
@@ -118,7 +118,7 @@ def write_tables(
         "<QQ", memory, PML4_ADDRESS, _PDPT_IDENTITY | _TABLE_FLAGS, _PDPT_WINDOW | _TABLE_FLAGS
     )
     for g in range(_IDENTITY_GIB):
-        pd = _PD_IDENTITY + g * _PAGE
+        pd = _PD_IDENTITY + g * PAGE_SIZE
         struct.pack_into("<Q", memory, _PDPT_IDENTITY + 8 * g, pd | _TABLE_FLAGS)
         entries = [((g << 30) + (i * _LARGE_PAGE)) | _TABLE_FLAGS | _PS for i in range(_ENTRIES)]
         struct.pack_into(f"<{_ENTRIES}Q", memory, pd, *entries)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from vpindex.abi import U32_MAX
+
 __all__ = [
     "BOOT_PARAMS_SIZE",
     "E820_RAM",
@@ -66,7 +68,6 @@ _HDRS: Final = b"HdrS"
 _PROTOCOL_VERSION: Final = 0x020F
 _LOADER_UNDEFINED: Final = 0xFF
 _LOADED_HIGH: Final = 0x01
-_U32_MASK: Final = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,14 @@ def boot_params(
     struct.pack_into("<H", page, _OFF_VERSION, _PROTOCOL_VERSION)
     page[_OFF_TYPE_OF_LOADER] = _LOADER_UNDEFINED
     page[_OFF_LOADFLAGS] = _LOADED_HIGH
-    struct.pack_into("<I", page, _OFF_CMD_LINE_PTR, cmdline_gpa & _U32_MASK)
+    struct.pack_into("<I", page, _OFF_CMD_LINE_PTR, cmdline_gpa & U32_MAX)
     struct.pack_into("<I", page, _OFF_EXT_CMD_LINE_PTR, cmdline_gpa >> 32)
     struct.pack_into("<I", page, _OFF_CMDLINE_SIZE, cmdline_size)
-    struct.pack_into("<I", page, _OFF_RAMDISK_IMAGE, initrd_gpa & _U32_MASK)
+    struct.pack_into("<I", page, _OFF_RAMDISK_IMAGE, initrd_gpa & U32_MAX)
     struct.pack_into("<I", page, _OFF_EXT_RAMDISK_IMAGE, initrd_gpa >> 32)
-    struct.pack_into("<I", page, _OFF_RAMDISK_SIZE, initrd_size & _U32_MASK)
+    struct.pack_into("<I", page, _OFF_RAMDISK_SIZE, initrd_size & U32_MAX)
     struct.pack_into("<I", page, _OFF_EXT_RAMDISK_SIZE, initrd_size >> 32)
-    struct.pack_into("<I", page, _OFF_INITRD_ADDR_MAX, _U32_MASK)
+    struct.pack_into("<I", page, _OFF_INITRD_ADDR_MAX, U32_MAX)
     struct.pack_into("<Q", page, _OFF_ACPI_RSDP_ADDR, acpi_rsdp)
     page[_OFF_E820_ENTRIES] = len(e820)
     for i, e in enumerate(e820):

@@ -12,12 +12,13 @@ import mmap
 import struct
 from typing import Final
 
+from vpindex.abi import PAGE_SIZE
+
 __all__ = ["GuestVirtual", "UnmappedAddress"]
 
 _PRESENT: Final = 0x1
 _PAGE_SIZE_BIT: Final = 0x80
 _ADDR_MASK: Final = 0x000F_FFFF_FFFF_F000
-_PAGE: Final = 4096
 _Q: Final = struct.Struct("<Q")
 
 
@@ -50,14 +51,14 @@ class GuestVirtual:
                 size = 1 << shift
                 return (entry & _ADDR_MASK & ~(size - 1)) | (gva & (size - 1))
             table = entry & _ADDR_MASK
-        return table | (gva & (_PAGE - 1))
+        return table | (gva & (PAGE_SIZE - 1))
 
     def read(self, gva: int, length: int) -> bytes:
         """``length`` bytes at ``gva`` (may cross pages)."""
         out = bytearray()
         while length > 0:
             gpa = self.translate(gva)
-            n = min(length, _PAGE - (gva & (_PAGE - 1)))
+            n = min(length, PAGE_SIZE - (gva & (PAGE_SIZE - 1)))
             if gpa + n > self._size:
                 raise UnmappedAddress(f"{gva:#x} maps outside guest RAM ({gpa:#x})")
             out += self._mem[gpa : gpa + n]
@@ -69,7 +70,7 @@ class GuestVirtual:
         done = 0
         while done < len(data):
             gpa = self.translate(gva + done)
-            n = min(len(data) - done, _PAGE - ((gva + done) & (_PAGE - 1)))
+            n = min(len(data) - done, PAGE_SIZE - ((gva + done) & (PAGE_SIZE - 1)))
             if gpa + n > self._size:
                 raise UnmappedAddress(f"{gva + done:#x} maps outside guest RAM ({gpa:#x})")
             self._mem[gpa : gpa + n] = data[done : done + n]
