@@ -11,7 +11,7 @@ import struct
 
 from vpindex.engine import Partition
 
-__all__ = ["effects", "ipi", "ipi_ex", "q"]
+__all__ = ["assert_one_error_line", "effects", "ipi", "ipi_ex", "q"]
 
 
 def q(*words: int) -> bytes:
@@ -33,3 +33,13 @@ def ipi_ex(vector: int, *vp_set: int) -> bytes:
 def effects(p: Partition) -> list[tuple[int, int]]:
     """Per vCPU of ``p``: (IPIs delivered, flushes recorded) so far."""
     return [(len(p.vcpu(v).ipis), len(p.vcpu(v).flushes)) for v in range(p.n_vcpus)]
+
+
+def assert_one_error_line(code: int, out: str, err: str, fragment: str, status: int = 2) -> None:
+    """The CLI's error contract: exit ``status`` (2: a user's mistake), nothing on stdout, one
+    ``error: ...`` line on stderr holding ``fragment``, no traceback or usage box."""
+    assert code == status, err
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert fragment in err, err
+    assert "Traceback" not in err and "╭" not in err

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_one_error_line
 from vpindex.backends.report import CaseResult, RunReport
 from vpindex.cli import app
 from vpindex.cli.limits import MAX_DECODE_INPUT_BYTES
@@ -181,12 +182,7 @@ def test_a_usage_error_is_one_line_on_stderr_and_exit_2(
     args: list[str], fragment: str, tmp_path: Path
 ) -> None:
     args, fragment = _fill(args, fragment, _files(tmp_path))
-    code, out, err = _invoke(args)
-    assert code == 2, err
-    assert out == ""
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert fragment in err
-    assert "Traceback" not in err and "╭" not in err
+    assert_one_error_line(*_invoke(args), fragment)
 
 
 def test_no_command_creates_a_directory_it_was_not_asked_to(tmp_path: Path) -> None:
@@ -202,10 +198,7 @@ def test_replay_of_a_file_without_kvm_events_fails_without_echoing_bytes(
 ) -> None:
     path = _files(tmp_path)[kind]
     code, out, err = _invoke(["replay", path])
-    assert code == 1
-    assert out == ""
-    assert err.startswith("error: ") and "no kvm_hv_* events" in err
-    assert err.count("\n") == 1
+    assert_one_error_line(code, out, err, "no kvm_hv_* events", status=1)
     assert all(c.isprintable() for c in err.rstrip("\n"))
     code, out, err = _invoke(["replay", path, "--json"])
     assert code == 1

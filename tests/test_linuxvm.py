@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_one_error_line
 from vpindex.abi import Features
 from vpindex.abi.hvflags import DEFAULT_HV_FLAGS, HV_FLAGS, parse_hv_flags
 from vpindex.backends.kvm.linuxvm.bootparams import (
@@ -230,10 +231,7 @@ def test_cli_linux_run_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     ]
     for args, needle in cases:
         done = CliRunner().invoke(app, ["linux", "run", *args])
-        assert done.exit_code == 2, (args, done.output)
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
-        assert done.stdout == ""
+        assert_one_error_line(done.exit_code, done.stdout, done.stderr, needle)
 
 
 def test_acpi_tables_checksums_and_madt() -> None:

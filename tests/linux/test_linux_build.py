@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_one_error_line
 from vpindex.backends.linux import build, kconfig
 from vpindex.backends.linux.build import BuildError, SourceError, build_kernel, cached_build
 from vpindex.cli import app
@@ -157,9 +158,7 @@ def test_cli_build_json_and_one_line_errors(tmp_path: Path) -> None:
         (["--timeout", "0"], "--timeout"),
     ]:
         bad = runner.invoke(app, ["linux", "build", *args], env=env)
-        assert bad.exit_code == 2 and bad.stdout == ""
-        assert bad.stderr.startswith("error: ") and needle in bad.stderr
-        assert bad.stderr.count("\n") == 1
+        assert_one_error_line(bad.exit_code, bad.stdout, bad.stderr, needle)
 
     failed = runner.invoke(
         app, ["linux", "build", "--source", str(fake_tree(tmp_path / "f", vmlinux="false"))],
