@@ -15,7 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vpindex.backends.sim import MAPPINGS
-from vpindex.cli.errors import bad_option, output_path_callback, printable, write_output
+from vpindex.cli.errors import (
+    bad_option,
+    check_output_path,
+    output_path_callback,
+    printable,
+    run_failed,
+    write_output,
+)
 from vpindex.cli.limits import MAX_BENCH_CELLS, MAX_BENCH_REPEAT, MAX_SAMPLE_MS
 from vpindex.cli.parsing import choice, float_in, int_in, parse_int_list
 from vpindex.lab.grid import (
@@ -368,6 +375,9 @@ def calibrate(
     from vpindex.lab import costfit as cal
     from vpindex.vpmap import costs
 
+    path = Path(costs.__file__)
+    if write:  # a file this user cannot rewrite is their mistake, found before ~20 s of work
+        check_output_path("--write", path)
     fit, points, _ = cal.run_calibration(
         repeat=repeat,
         target_ns=int(sample_ms * 1e6),
@@ -383,13 +393,11 @@ def calibrate(
         typer.echo("")
         for line in cal.crossover_lines(fit.model, repeat=repeat, target_ns=int(sample_ms * 1e6)):
             typer.echo(line)
-    path = Path(costs.__file__)
     if write:
         try:
             cal.write_model(fit.model, path)
         except (OSError, ValueError) as err:
-            typer.echo(f"error: --write: cannot rewrite {path}: {err}", err=True)
-            raise typer.Exit(1) from None
+            run_failed(f"--write: cannot rewrite {path}: {err}")
         typer.echo(f"wrote {path}")
     else:
         typer.echo(f"not written; --write regenerates {path} with:")
