@@ -6,9 +6,9 @@ reads this chain and checks it)::
 
     errors, structs
     -> _libc, ioctls
-    -> system -> vm -> vcpu
+    -> system -> vm -> vcpu, vcpu_stats
     -> layout, asm, linuxvm, linuxvm.elf, linuxvm.bootparams, linuxvm.mptable, linuxvm.cpuid,
-       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones
+       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones, linuxvm.progress
     -> contract, host_fixes, linuxvm.acpi
     -> guests, guests.suite_layout -> guests.hello, guests.suite_image
     -> remote_flush -> hyperv -> exits -> machine
@@ -16,7 +16,7 @@ reads this chain and checks it)::
 
 ``errors`` is the one error family; ``structs``/``ioctls`` hold the kernel's numbers and
 layouts, defined once; ``system``/``vm``/``vcpu`` wrap one fd each (:class:`Kvm`, :class:`Vm`,
-:class:`Vcpu`); ``layout`` is the VMM-owned memory (page tables, GDT, long mode) and ``asm``
+:class:`Vcpu`), ``vcpu_stats`` reads a vCPU's KVM counters; ``layout`` is the VMM-owned memory (page tables, GDT, long mode) and ``asm``
 assembles guests with iced-x86; ``contract`` is what every guest sees (ports, the hypercall
 stub, the MSR range); ``guests`` are images built against the contract, the suite's shared
 memory declared once in ``guests.suite_layout``; ``remote_flush`` is the TLB-flush protocol

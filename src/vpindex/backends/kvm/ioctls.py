@@ -84,6 +84,7 @@ class Ioctl(IntEnum):
     SIGNAL_MSI = _iow(0xA5, ctypes.sizeof(s.KvmMsi))
     GET_TSC_KHZ = _io(0xA3)
     X86_SET_MSR_FILTER = _iow(0xC6, ctypes.sizeof(s.KvmMsrFilter))
+    GET_STATS_FD = _io(0xCE)
 
 
 # Cross-check against <linux/kvm.h> as printed by a C program on the development host.
@@ -93,6 +94,7 @@ assert int(Ioctl.GET_FPU) == 0x81A0AE8C and int(Ioctl.SIGNAL_MSI) == 0x4020AEA5
 assert int(Ioctl.X86_SET_MSR_FILTER) == 0x4188AEC6 and int(Ioctl.SET_CPUID2) == 0x4008AE90
 assert int(Ioctl.GET_SUPPORTED_CPUID) == 0xC008AE05 and int(Ioctl.ENABLE_CAP) == 0x4068AEA3
 assert int(Ioctl.SET_VCPU_EVENTS) == 0x4040AEA0 and int(Ioctl.SET_MP_STATE) == 0x4004AE99
+assert int(Ioctl.GET_STATS_FD) == 0xAECE
 
 
 class Cap(IntEnum):

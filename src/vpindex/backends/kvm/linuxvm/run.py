@@ -181,7 +181,10 @@ def _judge(
     if panic:
         failures.append(f"the kernel panicked: {panic.group(0).strip()}")
     if boot.ended == "timeout":
-        failures.append(boot.error or "timed out")
+        what = boot.error or "timed out"
+        if boot.progress is not None:
+            what = f"{what}; {boot.progress.summary()}"
+        failures.append(what)
     elif boot.ended != "reset":
         failures.append(f"the run stopped: {boot.error or boot.ended}")
     if "init" not in boot.console.times:
@@ -324,6 +327,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "interrupts": _interrupts(boot, report, req.vcpus),
         "serve_us": _serve_figures(boot),
         "host_fixes": {name: boot.host_fixes.get(name, 0) for name in FIX_NAMES},
+        "progress": boot.progress.as_json() if boot.progress is not None else None,
         "unclaimed_io": boot.unclaimed_ports,
         "wall_s": round(boot.wall_s, 2),
         # host CPU the VMM process used (vCPU threads inside KVM included): on a shared host,

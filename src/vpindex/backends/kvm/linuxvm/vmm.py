@@ -46,9 +46,11 @@ from vpindex.backends.kvm.linuxvm.devices import COM1_IRQ, PortBus, Uart8250
 from vpindex.backends.kvm.linuxvm.elf import KernelImage
 from vpindex.backends.kvm.linuxvm.milestones import Console
 from vpindex.backends.kvm.linuxvm.mptable import mp_table
+from vpindex.backends.kvm.linuxvm.progress import Progress, ProgressWatch
 from vpindex.backends.kvm.machine import Machine
 from vpindex.backends.kvm.structs import RunOffsets
 from vpindex.backends.kvm.vcpu import IoExit, MsrExit
+from vpindex.backends.kvm.vcpu_stats import VcpuStats
 from vpindex.engine import HypercallEvent, decode_hypercall
 
 __all__ = [
@@ -134,6 +136,8 @@ class BootResult:
     ipis_at: dict[str, list[Counter[int]]] = field(default_factory=dict)
     host_fixes: Counter[str] = field(default_factory=Counter)
     misrouted: str | None = None
+    #: what the vCPUs did over the run's last minute (None where KVM has no per-vCPU stats)
+    progress: Progress | None = None
     events: list[HypercallEvent] = field(default_factory=list)
     unclaimed_ports: dict[str, int] = field(default_factory=dict)
 
@@ -197,11 +201,15 @@ class _LinuxVm:
         self.ports = PortBus(self.uart, self._reset)
         self._vp_assist = [0] * spec.vcpus
         self._tsc_invariant = 0
+        self.watch = ProgressWatch(
+            [VcpuStats.open(v.fd) for v in m.vcpus], lambda: len(self.result.console.text)
+        )
         try:
             self._load(spec, initrd_gpa, memory_size)
             self._setup_vcpus(spec)
             self._install_exits()
         except BaseException:
+            self.watch.close()
             m.close()
             raise
 
@@ -265,6 +273,7 @@ class _LinuxVm:
         m, r = self.machine, self.result
         r.console.start()
         t0 = time.perf_counter()
+        self.watch.start()
         try:
             m.run(timeout=self.spec.timeout)
             if not r.ended:
@@ -278,6 +287,8 @@ class _LinuxVm:
         except KvmError as e:
             r.ended, r.error = "vmm-error", str(e)
         r.wall_s = time.perf_counter() - t0
+        self.watch.stop()
+        r.progress = self.watch.report()
         r.console.mark("end")
         r.host_fixes = self.fixes.counts
         for t in m.threads:
@@ -288,6 +299,7 @@ class _LinuxVm:
         return r
 
     def close(self) -> None:
+        self.watch.close()
         self.machine.close()
 
     def _milestone(self, name: str) -> None:

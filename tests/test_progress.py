@@ -1,0 +1,119 @@
+"""ProgressWatch: telling a crawling guest from a stuck one by its vCPUs' KVM counters."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpindex.backends.kvm.linuxvm.progress import Progress, ProgressWatch
+
+
+class FakeCounters:
+    """A vCPU whose counters the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.values = {"exits": 0, "insn_emulation": 0, "irq_injections": 0, "blocking": 0}
+        self.closed = False
+
+    def read(self) -> dict[str, int]:
+        return dict(self.values)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _watch(n: int) -> tuple[ProgressWatch, list[FakeCounters], Clock, list[int]]:
+    vcpus = [FakeCounters() for _ in range(n)]
+    clock = Clock()
+    console = [0]
+    watch = ProgressWatch(vcpus, lambda: console[0], clock=clock)
+    return watch, vcpus, clock, console
+
+
+def _run(watch: ProgressWatch, clock: Clock, seconds: int, step: object) -> None:
+    for _ in range(seconds // 2):
+        clock.t += 2.0
+        step()  # type: ignore[operator]
+        watch.sample()
+
+
+def test_a_busy_guest_with_a_silent_console_is_running() -> None:
+    watch, vcpus, clock, _console = _watch(2)
+    watch.sample()
+
+    def busy() -> None:
+        for v in vcpus:
+            v.values["insn_emulation"] += 2_000_000
+            v.values["irq_injections"] += 200
+            v.values["exits"] += 10
+
+    _run(watch, clock, 60, busy)
+    report = watch.report(window_s=60)
+    assert report is not None and report.state == "running"
+    assert report.per_vcpu[0]["insn_emulation_per_s"] == pytest.approx(1_000_000)
+    assert report.per_vcpu[1]["halted_share"] == 0.0
+    assert report.console_idle_s == pytest.approx(60)
+    assert "still running" in report.summary() and "crawl" in report.summary()
+
+
+def test_every_vcpu_halted_is_stuck() -> None:
+    watch, vcpus, clock, console = _watch(3)
+    watch.sample()
+    console[0] = 100  # it printed something, then went quiet
+    for v in vcpus:
+        v.values["blocking"] = 1
+
+    def idle() -> None:
+        vcpus[0].values["irq_injections"] += 1  # a rare timer does not make it busy
+
+    _run(watch, clock, 40, idle)
+    report = watch.report(window_s=30)
+    assert report is not None and report.state == "halted"
+    assert report.window_s == pytest.approx(30)
+    assert report.console_idle_s == pytest.approx(38)
+    assert "stuck" in report.summary()
+
+
+def test_one_busy_vcpu_among_halted_ones_is_running() -> None:
+    """Control for the halted verdict: the same guest with one vCPU spinning."""
+    watch, vcpus, clock, _console = _watch(3)
+    for v in vcpus[1:]:
+        v.values["blocking"] = 1
+    watch.sample()
+
+    def spin() -> None:
+        vcpus[0].values["exits"] += 1
+
+    _run(watch, clock, 20, spin)
+    report = watch.report()
+    assert report is not None and report.state == "running"
+    assert [v["halted_share"] for v in report.per_vcpu] == [0.0, 1.0, 1.0]
+
+
+def test_no_counters_no_report_and_too_few_samples_unknown() -> None:
+    assert ProgressWatch([None, FakeCounters()], lambda: 0).report() is None
+    watch, _vcpus, _clock, _console = _watch(1)
+    watch.sample()
+    report = watch.report()
+    assert report == Progress("unknown", 0.0, 0.0, ())
+    assert "too few samples" in report.summary()
+
+
+def test_close_closes_the_counters_and_keeps_the_report() -> None:
+    watch, vcpus, clock, _console = _watch(2)
+    watch.start()
+    clock.t = 4.0
+    watch.sample()
+    watch.close()
+    assert all(v.closed for v in vcpus)
+    watch.sample()  # ignored after close
+    report = watch.report()
+    assert report is not None and report.window_s == pytest.approx(4.0)
+    assert report.as_json()["state"] in ("running", "halted")
