@@ -14,16 +14,16 @@ reads this chain and checks it)::
     -> remote_flush -> hyperv -> exits -> machine
     -> suite_machine, linuxvm.vmm -> runner, scale, byo, linuxvm.run
 
-``errors`` is the one error family; ``structs``/``ioctls`` hold the kernel's numbers and
-layouts, defined once; ``system``/``vm``/``vcpu`` wrap one fd each (:class:`Kvm`, :class:`Vm`,
-:class:`Vcpu`), ``vcpu_stats`` reads a vCPU's KVM counters; ``layout`` is the VMM-owned memory (page tables, GDT, long mode) and ``asm``
-assembles guests with iced-x86; ``contract`` is what every guest sees (ports, the hypercall
-stub, the MSR range); ``guests`` are images built against the contract, the suite's shared
-memory declared once in ``guests.suite_layout``; ``remote_flush`` is the TLB-flush protocol
-between vCPU threads, ``hyperv`` the Platform and CPUID, ``exits`` the per-vCPU exit loop and
-its extendable table, ``machine`` sets up, runs and stops; the rest drive scenarios.
-``linuxvm`` boots an unmodified Linux kernel on a machine (``linuxvm.vmm``) and ``host_fixes``
-holds every workaround for a defect of the host's /dev/kvm. See docs/KVM.md and docs/LINUX.md.
+``errors`` is the one error family; ``structs``/``ioctls`` hold the kernel's numbers and layouts,
+defined once; ``system``/``vm``/``vcpu`` wrap one fd each (:class:`Kvm`, :class:`Vm`,
+:class:`Vcpu`), ``vcpu_stats`` reads a vCPU's KVM counters; ``layout`` is the VMM-owned memory (page
+tables, GDT, long mode) and ``asm`` assembles guests with iced-x86; ``contract`` is what every guest
+sees (ports, the hypercall stub, the MSR range); ``guests`` are images built against the contract,
+the suite's shared memory declared once in ``guests.suite_layout``; ``remote_flush`` is the
+TLB-flush protocol between vCPU threads, ``hyperv`` the Platform and CPUID, ``exits`` the per-vCPU
+exit loop and its extendable table, ``machine`` sets up, runs and stops; the rest drive scenarios.
+``linuxvm`` boots an unmodified Linux kernel on a machine (``linuxvm.vmm``) and ``host_fixes`` holds
+every workaround for a defect of the host's /dev/kvm. See docs/KVM.md and docs/LINUX.md.
 """
 
 from __future__ import annotations
