@@ -18,6 +18,7 @@ from vpindex.backends.sim import MAPPINGS
 from vpindex.cli.errors import (
     bad_option,
     check_output_path,
+    output_file_option,
     output_path_callback,
     printable,
     run_failed,
@@ -238,12 +239,7 @@ def bench(
     ] = None,
     json_out: Annotated[
         Path | None,
-        typer.Option(
-            "--json",
-            callback=output_path_callback,
-            metavar="FILE",
-            help="Write machine-readable results to FILE.",
-        ),
+        output_file_option("--json", "Write machine-readable results to FILE."),
     ] = None,
     plot: Annotated[
         Path | None,

@@ -29,6 +29,7 @@ __all__ = [
     "bad_option",
     "check_output_path",
     "error_line",
+    "output_file_option",
     "output_path_callback",
     "printable",
     "readable_file_size",
@@ -140,6 +141,12 @@ def output_path_callback(
     if value is None or ctx.resilient_parsing:
         return value
     return check_output_path(max(param.opts, key=len), value)
+
+
+def output_file_option(option: str, help: str) -> Any:
+    """A typer option naming a file the command writes (``--trace-out FILE``...), declared
+    with :func:`output_path_callback`, so no such option can go without the path check."""
+    return typer.Option(option, callback=output_path_callback, metavar="FILE", help=help)
 
 
 def write_output(option: str, path: Path, text: str) -> None:

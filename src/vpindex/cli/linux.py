@@ -30,7 +30,7 @@ from vpindex.backends.linux.stock import fetch_stock_kernel
 from vpindex.backends.linux.workload import DEFAULT_ITERATIONS, MAX_ITERATIONS, WORKLOADS
 from vpindex.cli.errors import (
     bad_option,
-    output_path_callback,
+    output_file_option,
     readable_file_size,
     run_failed,
     usage_error,
@@ -203,12 +203,7 @@ def run(
     ] = LINUX_TIMEOUT_S,
     trace_out: Annotated[
         Path | None,
-        typer.Option(
-            "--trace-out",
-            callback=output_path_callback,
-            metavar="FILE",
-            help="Write the guest's hypercalls as KVM tracepoint text.",
-        ),
+        output_file_option("--trace-out", "Write the guest's hypercalls as KVM tracepoint text."),
     ] = None,
     append: Annotated[
         str | None,

@@ -23,7 +23,7 @@ from vpindex.backends.scenarios import SELFTEST_VP_INDEXES
 from vpindex.backends.sim import MAPPINGS, WORKLOADS, SimOptions, run_sim
 from vpindex.cli.errors import (
     bad_option,
-    output_path_callback,
+    output_file_option,
     readable_file_size,
     run_failed,
     write_output,
@@ -366,11 +366,8 @@ def run(
     ] = None,
     trace_out: Annotated[
         Path | None,
-        typer.Option(
-            "--trace-out",
-            callback=output_path_callback,
-            metavar="FILE",
-            help="sim: write the KVM-style event log (for `vpindex replay`) to FILE.",
+        output_file_option(
+            "--trace-out", "sim: write the KVM-style event log (for `vpindex replay`) to FILE."
         ),
     ] = None,
     scenario: Annotated[
