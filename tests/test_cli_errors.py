@@ -277,6 +277,24 @@ def test_a_failed_run_exits_1_and_still_prints_json(monkeypatch: pytest.MonkeyPa
     assert err == "error: RuntimeError: guest fault at rip 0x1000 (test)\n"
 
 
+def test_a_failed_linux_run_exits_1_with_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import vpindex.backends.kvm.linuxvm.run as linux_run
+
+    report = {"passed": False, "failures": ["the guest read VP indexes [0, 1], expected [1, 0]"]}
+    monkeypatch.setattr(linux_run, "run_linux", lambda request: (False, report))
+    files = ["--kernel", SOME_FILE, "--initrd", SOME_FILE]
+    code, out, err = _invoke(["linux", "run", "--vp-indexes", "1,0", "--vcpus", "2", *files,
+                              "--json"])  # fmt: skip
+    assert code == 1
+    assert json.loads(out) == {**report, "error": "the run failed: " + report["failures"][0]}
+    assert err == "error: the run failed: the guest read VP indexes [0, 1], expected [1, 0]\n"
+    monkeypatch.setattr(linux_run, "run_linux", lambda request: (True, {**report, "passed": True}))
+    code, out, err = _invoke(["linux", "run", "--vcpus", "2", *files, "--json"])
+    assert (code, err) == (0, "") and "error" not in json.loads(out)
+
+
 def test_run_json_names_the_vp_indexes_it_used() -> None:
     code, out, _ = _invoke(["run", "--backend", "sim", "--vcpus", "5", "--mapping", "sparse",
                             "--calls", "20", "--json"])  # fmt: skip

@@ -281,12 +281,15 @@ def run(
         usage_error(f"{err.filename or ''}: {err.strerror or err}")
     except KvmError as err:
         run_failed(str(err).splitlines()[0], as_json=as_json, doc={"guest": "linux"})
+    failed = "the run failed: " + "; ".join(report["failures"]) if not passed else ""
     if as_json:
+        if failed:
+            run_failed(failed, as_json=True, doc=report)
         typer.echo(json.dumps(report, indent=2))
-    else:
-        _print_summary(report)
-    if not passed:
-        raise typer.Exit(1)
+        return
+    _print_summary(report)
+    if failed:
+        run_failed(failed)
 
 
 def _print_summary(report: dict[str, Any]) -> None:
