@@ -156,6 +156,7 @@ USAGE_ERRORS: list[tuple[list[str], str]] = [
     (["linux", "run", "--initrd", "{dir}"], "error: --initrd: {dir} is not a file"),
     (["linux", "run", "--trace-out", "{missing}"], "error: --trace-out: directory"),
     (["linux", "build", "--timeout", "0"], "error: --timeout: 0 is outside 1..86400"),
+    (["linux", "build", "--source", "{missing}"], "error: --source: {missing} does not exist"),
     # decode: values, sizes, truncated input
     (["decode", "--control", "zz"], "error: --control: 'zz' is not an integer"),
     (["decode", "--control", "0x10000000000000000"], "error: --control: '0x10000000000000000'"),

@@ -94,6 +94,8 @@ def build(
     """Build the guest kernel and the project's /init (an uncompressed initramfs), or reuse
     them from the cache (keyed by kernel source, config fragment and compiler). Progress goes
     to stderr."""
+    if source is not None and not source.exists():
+        bad_option("--source", f"{source} does not exist")
     result = build_or_exit(source, timeout, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))
