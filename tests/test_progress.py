@@ -1,4 +1,5 @@
-"""ProgressWatch: telling a crawling guest from a stuck one by its vCPUs' KVM counters."""
+"""How a failed Linux run says what happened: a crawling or a stuck guest (ProgressWatch, from its
+vCPUs' KVM counters), a user process the kernel killed."""
 
 from __future__ import annotations
 
@@ -117,3 +118,21 @@ def test_close_closes_the_counters_and_keeps_the_report() -> None:
     report = watch.report()
     assert report is not None and report.window_s == pytest.approx(4.0)
     assert report.as_json()["state"] in ("running", "halted")
+
+
+def test_a_killed_init_is_named_from_the_kernels_segfault_line() -> None:
+    from vpindex.backends.kvm.linuxvm.run import _segfaults
+
+    console = (
+        "[  319.9] Run /init as init process\n"
+        "[  342.6] init[1]: segfault at 0 ip 000000000044fa32 sp 00007fffa05b57b8 error 4 in "
+        "init[4fa32,401000+8d000] likely on CPU 2 (core 2, socket 0)\n"
+        "[  346.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n"
+    )
+    assert _segfaults(console) == [
+        "init (pid 1) was killed by a segfault: a read of an unmapped page at 0x0 by the "
+        "instruction at 0x44fa32"
+    ]
+    write = console.replace("error 4", "error 6")
+    assert "a write of an unmapped page" in _segfaults(write)[0]
+    assert _segfaults(console.replace("segfault", "fault")) == []  # control: no such line

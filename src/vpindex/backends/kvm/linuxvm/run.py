@@ -25,6 +25,7 @@ A run passes when all of these hold (``failures`` lists each that does not):
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -63,6 +64,12 @@ __all__ = [
 IPI_ROWS: Final = {"RES": (0xFD,), "CAL": (0xFC, 0xFB)}
 _TAIL_LINES: Final = 25
 _PANIC: Final = re.compile(r"Kernel panic - not syncing.*")
+#: The kernel's report of a user process killed by a fault (arch/x86/mm/fault.c,
+#: show_signal_msg): "init[1]: segfault at 0 ip 000000000044fa32 sp ... error 4 in init[...]".
+_SEGFAULT: Final = re.compile(
+    r"(?P<comm>[^\s\[\]]+)\[(?P<pid>\d+)\]: segfault at (?P<addr>[0-9a-f]+) "
+    r"ip (?P<ip>[0-9a-f]+) sp [0-9a-f]+ error (?P<err>[0-9a-f]+)"
+)
 _VP_INDEX_MSR: Final = "0x40000002"
 
 
@@ -170,6 +177,20 @@ def _check_delivery(boot: BootResult, report: InitReport) -> list[str]:
     return bad
 
 
+def _segfaults(console: str) -> list[str]:
+    """One failure per user process the kernel reported killed by a fault (at most 3)."""
+    out = []
+    for m in itertools.islice(_SEGFAULT.finditer(console), 3):
+        err = int(m["err"], 16)
+        access = "an instruction fetch" if err & 0x10 else "a write" if err & 0x2 else "a read"
+        page = "a present page" if err & 0x1 else "an unmapped page"
+        out.append(
+            f"{m['comm']} (pid {m['pid']}) was killed by a segfault: {access} of {page} at "
+            f"{int(m['addr'], 16):#x} by the instruction at {int(m['ip'], 16):#x}"
+        )
+    return out
+
+
 def _judge(
     req: LinuxRun, boot: BootResult, report: InitReport | None, why: str
 ) -> tuple[list[str], list[str]]:
@@ -180,6 +201,7 @@ def _judge(
     panic = _PANIC.search(console)
     if panic:
         failures.append(f"the kernel panicked: {panic.group(0).strip()}")
+    failures += _segfaults(console)
     if boot.ended == "timeout":
         what = boot.error or "timed out"
         if boot.progress is not None:
