@@ -64,6 +64,23 @@ def test_a_busy_guest_with_a_silent_console_is_running() -> None:
     assert "still running" in report.summary() and "crawl" in report.summary()
 
 
+def test_busy_vcpus_that_take_no_interrupt_are_a_livelock() -> None:
+    """What a guest stuck in a catch-up loop with interrupts off looks like: busy, no
+    interrupt injected (control: the crawl above, with interrupts, is not called that)."""
+    watch, vcpus, clock, _console = _watch(4)
+    watch.sample()
+
+    def spin_irqs_off() -> None:
+        for v in vcpus:
+            v.values["insn_emulation"] += 100_000
+            v.values["exits"] += 150
+
+    _run(watch, clock, 30, spin_irqs_off)
+    report = watch.report()
+    assert report is not None and report.state == "running"
+    assert "took no interrupt" in report.summary() and "livelock" in report.summary()
+
+
 def test_every_vcpu_halted_is_stuck() -> None:
     watch, vcpus, clock, console = _watch(3)
     watch.sample()

@@ -81,6 +81,11 @@ class Progress:
                 f"the guest was stuck: every vCPU was halted ({figures}); it waits for an "
                 f"interrupt or wake-up that did not come"
             )
+        if irqs == 0:
+            return (
+                f"the guest was still running but took no interrupt ({figures}): its vCPUs "
+                f"kept interrupts off throughout, a livelock rather than a crawl"
+            )
         return (
             f"the guest was still running ({figures}): a host too slow or too loaded for it "
             f"(a crawl), not a hang"
