@@ -8,7 +8,14 @@ Words come in groups so a VMM can see why each is there:
 - :data:`BOOT_WORDS`: start ``/init`` from the initramfs; reboot through the keyboard
   controller (``reboot=k``: the kernel writes 0xFE to port 0x64, the VMM's end-of-run signal),
   also right after a panic (``panic=-1``); skip work that is slow when kernel code is emulated:
-  delay-loop calibration (``lpj=``), the TSC stability watchdog and the timer check.
+  delay-loop calibration (``lpj=``), the TSC stability watchdog and the timer check; and a
+  periodic local-APIC timer instead of the TSC-deadline one (``lapic=notscdeadline``). A
+  TSC-deadline timer has no periodic mode, so Linux emulates the periodic tick with one-shot
+  events and, when it falls behind, replays every missed tick in a loop with interrupts off
+  (``tick_handle_periodic``, kernel/time/tick-common.c): when one tick's work takes longer than
+  a tick period -- emulated kernel code on a loaded host -- that loop never ends and the boot
+  stalls for good, typically right after the clocksource switch. A periodic timer drops the
+  missed ticks instead.
 
 Words that exist only because of a particular host (on this project's PVM ``/dev/kvm``: hiding
 CPU features its instruction emulator fails on) are not here: they live with that host's other
@@ -44,6 +51,7 @@ BOOT_WORDS: tuple[str, ...] = (
     "lpj=5192244",
     "tsc=reliable",
     "no_timer_check",
+    "lapic=notscdeadline",
 )
 COMMAND_LINE_MAX = 2047
 """x86 Linux keeps at most COMMAND_LINE_SIZE (2048) bytes of command line, NUL included."""
