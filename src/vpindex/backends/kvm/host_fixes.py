@@ -36,6 +36,17 @@ FSGSBASE the NMI/#DB entry reads its per-CPU base with ``rdgsbase``
 + ``lsl``, and the emulator fails on ``lsl``; rather than hide FSGSBASE, NMIs are kept away: RCU's
 CPU-stall detector, whose report sends NMIs and which kernel code running a thousand times
 slower than natively can trip, is turned off.
+
+Hiding XSAVE has a price. The guest kernel then saves and restores only the FXSAVE state (x87,
+SSE, XMM0-15) when it switches tasks or moves one to another CPU, but user code runs natively on
+this host with the host's XCR0 (AVX and AVX-512 on) and sees both in CPUID, so glibc picks its
+AVX-512 string functions: a task that the kernel moves between vCPUs in the middle of one loses
+YMM16-31, the upper halves of YMM0-15 and the opmask registers. This is what killed ``/init``
+on loaded hosts: glibc's ``memcpy`` of the TLS initializer loaded 32 bytes into YMM16 on one
+vCPU, its store page-faulted, the kernel resumed the task on another vCPU, the retried store
+wrote that vCPU's YMM16 (zeros), and the first TLS read found 0 (``segfault at 0`` in
+``__ctype_init``). :data:`GLIBC_AVX_OFF_WORD` asks glibc, through an environment variable that
+the kernel hands to ``/init`` (and ``/init`` to its children), not to use AVX or AVX-512.
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ from vpindex.backends.kvm.ioctls import (
 from vpindex.backends.kvm.linuxvm.pagewalk import GuestVirtual, UnmappedAddress
 from vpindex.backends.kvm.vcpu import Vcpu
 
-__all__ = ["FIX_NAMES", "HIDE_FEATURES_WORDS", "HostFixes"]
+__all__ = ["FIX_NAMES", "GLIBC_AVX_OFF_WORD", "HIDE_FEATURES_WORDS", "HostFixes"]
 
 #: Every workaround, by the name it is counted under.
 FIX_NAMES: Final = (
@@ -67,12 +78,23 @@ FIX_NAMES: Final = (
     "kvm-run-eagain",
 )
 
+#: With ``noxsave`` the guest kernel keeps no AVX state, so glibc in the guest's user space must
+#: not use AVX or AVX-512 (see the module doc). The kernel passes an unknown ``NAME=value`` word
+#: to init as an environment variable; glibc reads it before it picks its string functions, in
+#: static binaries too (glibc 2.36: the SSE2/SSSE3 variants are picked with it).
+GLIBC_AVX_OFF_WORD: Final = (
+    "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX_Fast_Unaligned_Load,-AVX,-AVX2,"
+    "-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD"
+)
+
 #: Kernel command-line words for this host: hide CPU features its emulator fails on at CPL0 but
-#: that leak into the guest's CPUID, and keep RCU's stall detector quiet (see the module doc).
+#: that leak into the guest's CPUID, keep RCU's stall detector quiet, and keep glibc off the
+#: vector registers the guest kernel no longer saves (see the module doc).
 HIDE_FEATURES_WORDS: Final = (
     "noxsave",
     "clearcpuid=popcnt,smap",
     "rcupdate.rcu_cpu_stall_suppress=1",
+    GLIBC_AVX_OFF_WORD,
 )
 
 _INT3, _FWAIT = 0xCC, 0x9B
