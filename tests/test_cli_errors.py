@@ -143,6 +143,8 @@ USAGE_ERRORS: list[tuple[list[str], str]] = [
     (["linux", "run", "--memory", "4097"], "error: --memory: 4097 is outside 16..4096"),
     (["linux", "run", "--timeout", "0"], "error: --timeout: 0 is outside 1..86400"),
     (["linux", "run", "--timeout", "inf"], "error: --timeout: inf is outside 1..86400"),
+    (["linux", "run", "--profile-ms", "0.5"], "error: --profile-ms: 0.5 is outside 1..1000"),
+    (["linux", "run", "--profile-ms", "1001"], "error: --profile-ms: 1001 is outside 1..1000"),
     (["linux", "run", "--iterations", "0"], "error: --iterations: 0 is outside 1..100000"),
     (["linux", "run", "--iterations", "100001"], "--iterations: 100001 is outside 1..100000"),
     (["linux", "run", "--workload", "disk"], "error: --workload: 'disk' is not one of default"),

@@ -18,12 +18,14 @@ __all__ = [
     "MAX_ITERATIONS",
     "MAX_LINUX_TIMEOUT_S",
     "MAX_LINUX_VCPUS",
+    "MAX_PROFILE_MS",
     "MAX_REPLAY_BYTES",
     "MAX_SAMPLE_MS",
     "MAX_SIM_CALLS",
     "MAX_TIMEOUT_S",
     "MIN_GUEST_MEMORY_MIB",
     "MIN_LINUX_MEMORY_MIB",
+    "MIN_PROFILE_MS",
 ]
 
 #: ``run --backend sim --calls``: about a minute and 600 MB.
@@ -44,6 +46,10 @@ MAX_LINUX_VCPUS: Final = 8
 #: ``linux build --timeout`` and ``linux run --timeout``, seconds: a stock kernel's boot or a
 #: cold kernel build on a loaded host can take many minutes, so the bound is a day.
 MAX_LINUX_TIMEOUT_S: Final = 24 * 3600.0
+#: ``linux run --profile-ms``: each sample is one extra exit per vCPU, so at most one a
+#: millisecond (the profiler also keeps at most a million samples).
+MIN_PROFILE_MS: Final = 1.0
+MAX_PROFILE_MS: Final = 1000.0
 #: ``bench``: cells in one sweep (the full default sweep has 2,280; each takes ``--repeat``
 #: samples of ``--sample-ms``).
 MAX_BENCH_CELLS: Final = 20_000

@@ -39,7 +39,9 @@ from vpindex.cli.limits import (
     MAX_GUEST_MEMORY_MIB,
     MAX_LINUX_TIMEOUT_S,
     MAX_LINUX_VCPUS,
+    MAX_PROFILE_MS,
     MIN_LINUX_MEMORY_MIB,
+    MIN_PROFILE_MS,
 )
 from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
 from vpindex.defaults import LINUX_MEMORY_MIB, LINUX_TIMEOUT_S, LINUX_VCPUS
@@ -221,6 +223,17 @@ def run(
             "--acpi", help="Describe the CPUs with ACPI tables too (e.g. a distribution kernel)."
         ),
     ] = False,
+    profile_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--profile-ms",
+            parser=float_in(MIN_PROFILE_MS, MAX_PROFILE_MS, "--profile-ms"),
+            metavar="MS",
+            help="Sample every vCPU's RIP each MS milliseconds "
+            f"({MIN_PROFILE_MS:g}..{MAX_PROFILE_MS:g}); the JSON gets a 'profile' of kernel "
+            "functions per boot phase.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Boot the Linux guest on the KVM backend with N vCPUs and the given VP indexes, run its
@@ -272,6 +285,7 @@ def run(
         console_sink=None if as_json else stderr_sink(),
         append=words,
         acpi=acpi,
+        profile_ms=profile_ms,
     )
     try:
         passed, report = run_linux(request)

@@ -40,6 +40,7 @@ from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.host_fixes import FIX_NAMES, HIDE_FEATURES_WORDS
 from vpindex.backends.kvm.linuxvm.elf import read_vmlinux
 from vpindex.backends.kvm.linuxvm.milestones import MILESTONES
+from vpindex.backends.kvm.linuxvm.profile import KernelSymbols, summarize
 from vpindex.backends.kvm.linuxvm.vmm import CALL_CODES, BootResult, BootSpec, boot_linux
 from vpindex.backends.linux.cmdline import base_cmdline_words, kernel_cmdline
 from vpindex.backends.linux.workload import (
@@ -93,6 +94,8 @@ class LinuxRun:
     append: tuple[str, ...] = ()
     #: ACPI tables too (a kernel without an MP-table parser, e.g. a distribution kernel)
     acpi: bool = False
+    #: milliseconds between profile samples of every vCPU (``profile``), or None
+    profile_ms: float | None = None
 
 
 def _code_key(code: int) -> str:
@@ -286,6 +289,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         control=req.control,
         trace=req.trace_out is not None,
         acpi=req.acpi,
+        profile_interval=req.profile_ms / 1000 if req.profile_ms is not None else None,
         console_sink=req.console_sink,
         snapshot_lines={
             "start": re.compile(re.escape(f"{PROGRESS_MARKER} init started".encode())),
@@ -357,6 +361,9 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "host_cpu_s": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 2),
         "console_tail": boot.console.tail(_TAIL_LINES),
     }
+    if boot.sampler is not None:
+        symbols = KernelSymbols.from_elf(req.kernel.read_bytes())
+        out["profile"] = summarize(boot.sampler, symbols, dict(times))
     return not failures, out
 
 

@@ -46,6 +46,7 @@ from vpindex.backends.kvm.linuxvm.devices import COM1_IRQ, PortBus, Uart8250
 from vpindex.backends.kvm.linuxvm.elf import KernelImage
 from vpindex.backends.kvm.linuxvm.milestones import Console
 from vpindex.backends.kvm.linuxvm.mptable import mp_table
+from vpindex.backends.kvm.linuxvm.profile import Sampler
 from vpindex.backends.kvm.linuxvm.progress import Progress, ProgressWatch
 from vpindex.backends.kvm.machine import Machine
 from vpindex.backends.kvm.structs import RunOffsets
@@ -83,6 +84,7 @@ _SNAPSHOT: Final = "snapshot:"
 MAX_CHECKED_IPIS: Final = 200_000
 _IPI_CODES: Final = frozenset((0x000B, 0x0015))
 _RCX: Final = 2
+_CR0_PE: Final = 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class BootSpec:
     #: snapshot under that name (``BootResult.ipis_at``), e.g. at the lines a guest prints
     #: around reading its own interrupt counters
     snapshot_lines: dict[str, re.Pattern[bytes]] = field(default_factory=dict)
+    #: seconds between profile samples (see ``profile``), or None for no profiling
+    profile_interval: float | None = None
 
 
 @dataclass
@@ -140,6 +144,8 @@ class BootResult:
     progress: Progress | None = None
     events: list[HypercallEvent] = field(default_factory=list)
     unclaimed_ports: dict[str, int] = field(default_factory=dict)
+    #: the profiler's samples when ``BootSpec.profile_interval`` was set
+    sampler: Sampler | None = None
 
 
 class _IrqLevel(ctypes.Structure):
@@ -204,6 +210,12 @@ class _LinuxVm:
         self.watch = ProgressWatch(
             [VcpuStats.open(v.fd) for v in m.vcpus], lambda: len(self.result.console.text)
         )
+        self.sampler = (
+            Sampler(spec.profile_interval, spec.vcpus, lambda i: m.threads[i].kick())
+            if spec.profile_interval is not None
+            else None
+        )
+        r.sampler = self.sampler
         try:
             self._load(spec, initrd_gpa, memory_size)
             self._setup_vcpus(spec)
@@ -274,6 +286,8 @@ class _LinuxVm:
         r.console.start()
         t0 = time.perf_counter()
         self.watch.start()
+        if self.sampler is not None:
+            self.sampler.start(r.console.t0)
         try:
             m.run(timeout=self.spec.timeout)
             if not r.ended:
@@ -286,6 +300,9 @@ class _LinuxVm:
             r.ended, r.error = "guest-error", str(e)
         except KvmError as e:
             r.ended, r.error = "vmm-error", str(e)
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
         r.wall_s = time.perf_counter() - t0
         self.watch.stop()
         r.progress = self.watch.report()
@@ -327,8 +344,13 @@ class _LinuxVm:
 
     # -- exits ------------------------------------------------------------------------------
     def _on_kick(self, cpu: VcpuThread) -> None:
-        """Arm the SYSCALL fix on this vCPU once /init is about to start (retried at the next
-        exit or kick if the guest's IDT or LSTAR cannot be read yet)."""
+        """Take a profile sample (when profiling); arm the SYSCALL fix on this vCPU once /init
+        is about to start (retried at the next exit or kick if the guest's IDT or LSTAR cannot
+        be read yet)."""
+        if self.sampler is not None:
+            vcpu = cpu.vcpu
+            protected = bool(vcpu.sync_sregs().cr0 & _CR0_PE)
+            self.sampler.record(cpu.index, vcpu.sync_reg("rip"), vcpu.cpl(), protected)
         if self._arm and cpu.index in self._arm and self.fixes.arm_syscall_fix(cpu.vcpu):
             with self._lock:
                 self._arm.discard(cpu.index)
