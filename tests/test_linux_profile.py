@@ -52,6 +52,7 @@ def test_symbols_name_the_function_containing_an_address() -> None:
             ("beta", 0xFFFFFFFF81000100, _FUNC, 1),
             ("a_variable", 0xFFFFFFFF81000080, _OBJECT, 1),  # not code: ignored
             ("undefined", 0xFFFFFFFF81000090, _FUNC, 0),  # SHN_UNDEF: ignored
+            ("__per_cpu_end", 0x3A000, 0, 1),  # a per-CPU offset, not an address: ignored
         ]
     )
     symbols = KernelSymbols.from_elf(data)
@@ -61,7 +62,7 @@ def test_symbols_name_the_function_containing_an_address() -> None:
         symbols.name(0xFFFFFFFF810000FF) == "alpha"
     )  # the object and the undefined symbol skipped
     assert symbols.name(0xFFFFFFFF81000100) == "beta"
-    assert symbols.name(0x1000) == "0x1000"  # below every symbol: the raw address
+    assert symbols.name(0x3A000) == "0x3a000"  # below every symbol: the raw address
 
 
 @pytest.mark.parametrize("cut", [3, 40, 100, -10])
@@ -102,7 +103,8 @@ def test_summary_splits_at_the_milestones_and_labels_user_and_not_started() -> N
     t = 0.0
     for when, vcpu, rip, cpl, protected in [
         (0.5, 0, 0xFFFFFFFF81000010, 0, True),
-        (0.6, 1, 0xFFF0, 0, False),  # an AP before INIT/SIPI
+        (0.6, 1, 0xFFF0, 0, False),  # an AP in real mode
+        (0.7, 1, 0x100000, 0, True),  # an AP before INIT/SIPI, still at the VMM's entry
         (2.0, 1, 0xFFFFFFFF81000020, 0, True),
         (3.5, 0, 0x401000, 3, True),  # /init
     ]:
@@ -111,10 +113,10 @@ def test_summary_splits_at_the_milestones_and_labels_user_and_not_started() -> N
         t = when
     out = summarize(sampler, symbols, {"smp_up": 1.0, "init": 3.0, "end": t + 1})
     windows = out["windows"]
-    assert out["samples"] == 4 and out["dropped"] == 0
-    assert [w["samples"] for w in windows.values()] == [2, 1, 1]
+    assert out["samples"] == 5 and out["dropped"] == 0
+    assert [w["samples"] for w in windows.values()] == [3, 1, 1]
     boot = {row["function"]: row["per_vcpu"] for row in windows["boot"]["top"]}
-    assert boot == {"idle": [1, 0], NOT_STARTED: [0, 1]}
+    assert boot == {"idle": [1, 0], NOT_STARTED: [0, 2]}
     assert windows["initcalls"]["top"][0]["function"] == "idle"
     assert windows["userspace"]["top"][0] == {
         "function": USER,
@@ -126,6 +128,7 @@ def test_summary_splits_at_the_milestones_and_labels_user_and_not_started() -> N
 
 def test_summary_of_a_boot_that_never_reached_smp_has_one_open_window() -> None:
     sampler = Sampler(0.01, 1, lambda _i: None)
-    sampler.record(0, 0x10, 0, True)
+    sampler.record(0, 0xFFFFFFFF81000000, 0, True)
     out = summarize(sampler, KernelSymbols(()), {"first_console": 0.1})
+    assert out["windows"]["boot"]["top"][0]["function"] == "0xffffffff81000000"
     assert list(out["windows"]) == ["boot"] and out["windows"]["boot"]["to_s"] is None

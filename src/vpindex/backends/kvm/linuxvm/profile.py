@@ -7,8 +7,12 @@ synced into ``kvm_run`` (no extra ioctl). After the run the samples are named fr
 own ELF symbol table (``.symtab`` of the ``vmlinux``; a stripped kernel gives raw addresses):
 
 * ``[user]``: the vCPU was at CPL 3;
-* ``[not started]``: the vCPU was not in protected mode (an AP still waiting for INIT/SIPI);
-* otherwise the kernel function containing RIP (``pv_native_safe_halt`` is an idle vCPU).
+* ``[not started]``: at CPL 0 outside the kernel's half of the address space, or not in
+  protected mode: an AP still waiting for INIT/SIPI (it keeps the registers the VMM gave it) or
+  in the real-mode trampoline;
+* otherwise the kernel function containing RIP (``pv_native_safe_halt`` is an idle vCPU). Only
+  symbols in the upper half count: a vmlinux also has section-relative per-CPU symbols at
+  small addresses.
 
 The profile is split at the boot milestones so boot and workload can be told apart. Each sample
 costs one extra exit per vCPU; at most :data:`MAX_SAMPLES` are kept (later ones are counted as
@@ -53,6 +57,8 @@ _SHT_SYMTAB: Final = 2
 _STT_NOTYPE, _STT_FUNC = 0, 2
 _SHN_UNDEF: Final = 0
 _SHN_LORESERVE: Final = 0xFF00
+#: Kernel code lives in the upper half of the 64-bit address space.
+_KERNEL_HALF: Final = 1 << 63
 
 
 class KernelSymbols:
@@ -103,7 +109,7 @@ def _read_symtab(data: bytes) -> list[tuple[int, str]]:
             )
             if info & 0xF not in (_STT_FUNC, _STT_NOTYPE) or shndx == _SHN_UNDEF:
                 continue
-            if shndx >= _SHN_LORESERVE or not value or st_name >= len(strtab):
+            if shndx >= _SHN_LORESERVE or value < _KERNEL_HALF or st_name >= len(strtab):
                 continue
             end = strtab.find(b"\0", st_name)
             name = strtab[st_name : end if end >= 0 else len(strtab)].decode("ascii", "replace")
@@ -171,10 +177,10 @@ class Sampler:
 
 
 def _label(sample: Sample, symbols: KernelSymbols) -> str:
-    if not sample.protected:
-        return NOT_STARTED
     if sample.cpl == 3:
         return USER
+    if not sample.protected or sample.rip < _KERNEL_HALF:
+        return NOT_STARTED
     return symbols.name(sample.rip)
 
 
