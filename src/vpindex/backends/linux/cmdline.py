@@ -15,7 +15,12 @@ Words come in groups so a VMM can see why each is there:
   (``tick_handle_periodic``, kernel/time/tick-common.c): when one tick's work takes longer than
   a tick period -- emulated kernel code on a loaded host -- that loop never ends and the boot
   stalls for good, typically right after the clocksource switch. A periodic timer drops the
-  missed ticks instead.
+  missed ticks instead. Also skipped: the write-protection of the kernel image (``rodata=off``:
+  ``mark_rodata_ro`` rewrites the kernel mapping page by page, splitting its 2 MiB pages, and
+  flushes every CPU's TLB, which a shadow-paging host makes very slow -- a quarter of the time
+  to /init on this project's host) and the poisoning and freeing of the initramfs pages
+  (``retain_initrd``; the initramfs is under 1 MiB). Sources: ``init/main.c`` (``mark_readonly``) and
+  ``init/initramfs.c`` in Linux 6.12.
 
 Words that exist only because of a particular host (on this project's PVM ``/dev/kvm``: hiding
 CPU features its instruction emulator fails on) are not here: they live with that host's other
@@ -52,6 +57,8 @@ BOOT_WORDS: tuple[str, ...] = (
     "tsc=reliable",
     "no_timer_check",
     "lapic=notscdeadline",
+    "rodata=off",
+    "retain_initrd",
 )
 COMMAND_LINE_MAX = 2047
 """x86 Linux keeps at most COMMAND_LINE_SIZE (2048) bytes of command line, NUL included."""
