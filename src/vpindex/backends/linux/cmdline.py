@@ -19,8 +19,8 @@ Words come in groups so a VMM can see why each is there:
   ``mark_rodata_ro`` rewrites the kernel mapping page by page, splitting its 2 MiB pages, and
   flushes every CPU's TLB, which a shadow-paging host makes very slow -- a quarter of the time
   to /init on this project's host) and the poisoning and freeing of the initramfs pages
-  (``retain_initrd``; the initramfs is under 1 MiB). Sources: ``init/main.c`` (``mark_readonly``) and
-  ``init/initramfs.c`` in Linux 6.12.
+  (``retain_initrd``; the initramfs is under 1 MiB). Sources: ``init/main.c``
+  (``mark_readonly``) and ``init/initramfs.c`` in Linux 6.12.
 
 Words that exist only because of a particular host (on this project's PVM ``/dev/kvm``: hiding
 CPU features its instruction emulator fails on) are not here: they live with that host's other
