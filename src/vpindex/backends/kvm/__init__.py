@@ -8,7 +8,7 @@ reads this chain and checks it)::
     -> _libc, ioctls
     -> system -> vm -> vcpu, vcpu_stats
     -> layout, asm, linuxvm, linuxvm.elf, linuxvm.bootparams, linuxvm.mptable, linuxvm.cpuid,
-       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones, linuxvm.progress
+       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones, linuxvm.progress, linuxvm.profile
     -> contract, host_fixes, linuxvm.acpi
     -> guests, guests.suite_layout -> guests.hello, guests.suite_image
     -> remote_flush -> hyperv -> exits -> machine
