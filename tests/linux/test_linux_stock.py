@@ -1,20 +1,25 @@
 """The stock-kernel path: a .deb (ar + data.tar) and a bzImage built here byte by byte, cut
-and decompressed as the real cloud kernel is; and, opt-in, the real download."""
+and decompressed as the real cloud kernel is; its config and msr module kept in the cache and
+packed into the stock initramfs; and, opt-in, the real download."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import json
 import lzma
 import os
 import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
+from test_linux_cpio import parse_newc
 
 from vpindex.backends.linux import stock
-from vpindex.backends.linux.build import BuildError
+from vpindex.backends.linux.build import BuildError, InitramfsBuild
+from vpindex.backends.linux.workload import MSR_MODULE
 
 ELF = b"\x7fELF\x02\x01\x01" + bytes(57) + b"kernel text" * 100
 
@@ -137,3 +142,115 @@ def test_the_real_cloud_kernel_is_fetched_as_an_elf(
     assert header[:5] == b"\x7fELF\x02" and int.from_bytes(header[18:20], "little") == 62
     assert "cloud" in kernel.kernel_version
     assert stock.fetch_stock_kernel(kernel.package).cache_hit
+
+
+# --- the msr module, the config, the cache and the stock initramfs -----------------------------
+
+MODULE = b"\x7fELF\x02\x01\x01" + bytes(57) + b"msr module" * 50
+CONFIG_M = b"# a kernel config\nCONFIG_X86_MSR=m\nCONFIG_DEVTMPFS=y\n"
+VERSION = "6.12.0-t-cloud-amd64"
+MODULE_PATH = f"./lib/modules/{VERSION}/kernel/arch/x86/kernel/msr.ko.xz"
+
+
+def image_deb(config: bytes | None = CONFIG_M, module: bytes | None = MODULE) -> bytes:
+    files = {f"./boot/vmlinuz-{VERSION}": bzimage(gzip.compress(ELF))}
+    if config is not None:
+        files[f"./boot/config-{VERSION}"] = config
+    if module is not None:
+        files[MODULE_PATH] = lzma.compress(module, format=lzma.FORMAT_XZ)
+    files[f"./lib/modules/{VERSION}/kernel/drivers/powercap/intel_rapl_msr.ko.xz"] = b"other"
+    return ar_archive([("debian-binary", b"2.0\n"), ("data.tar.xz", data_tar(files))])
+
+
+def test_the_package_gives_its_config_and_the_msr_module_decompressed() -> None:
+    image = stock.unpack_image_deb(image_deb())
+    assert image.version == VERSION and image.config == CONFIG_M
+    assert image.msr_module == MODULE  # xz taken off; intel_rapl_msr.ko is not msr.ko
+
+
+@pytest.mark.parametrize(
+    ("config", "driver"),
+    [(CONFIG_M, "m"), (b"CONFIG_X86_MSR=y\n", "y"), (b"# CONFIG_X86_MSR is not set\n", "n")],
+)
+def test_the_config_says_how_the_msr_driver_is_built(config: bytes, driver: str) -> None:
+    assert stock.msr_driver(config) == driver
+
+
+def fake_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deb: bytes) -> Path:
+    """An ``apt-get`` on PATH whose ``download`` writes ``deb`` into its working directory and
+    counts its calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "pkg.deb").write_bytes(deb)
+    script = bin_dir / "apt-get"
+    script.write_text(
+        f'#!/bin/sh\necho x >> "{tmp_path}/calls"\ncp "{tmp_path}/pkg.deb" "./$2_1_amd64.deb"\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return tmp_path / "calls"
+
+
+def test_fetch_caches_kernel_config_and_module_and_builds_the_initramfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = fake_apt(tmp_path, monkeypatch, image_deb())
+    package = f"linux-image-{VERSION}"
+    cache = tmp_path / "cache"
+    kernel = stock.fetch_stock_kernel(package, cache=cache)
+    assert not kernel.cache_hit and kernel.vmlinux.read_bytes() == ELF
+    assert kernel.config.read_bytes() == CONFIG_M
+    assert kernel.msr_module is not None and kernel.msr_module.read_bytes() == MODULE
+    again = stock.fetch_stock_kernel(package, cache=cache)
+    assert again.cache_hit and again.msr_module == kernel.msr_module
+    assert stock.cached_stock_kernel(package, cache=cache) == again
+    assert calls.read_text().count("x") == 1
+    # A cache entry from before the module was kept (no recipe) is fetched again.
+    meta = json.loads((kernel.vmlinux.parent / "build.json").read_text())
+    del meta["recipe"]
+    (kernel.vmlinux.parent / "build.json").write_text(json.dumps(meta))
+    assert stock.cached_stock_kernel(package, cache=cache) is None
+    assert not stock.fetch_stock_kernel(package, cache=cache).cache_hit
+    assert calls.read_text().count("x") == 2
+
+    init_dir = tmp_path / "init-0123456789abcdef"
+    init_dir.mkdir()
+    (init_dir / "init").write_bytes(b"\x7fELF init")
+    init = InitramfsBuild(init_dir / "init", init_dir / "x.cpio", 9, 0, init_dir, True)
+    members = {m.name: m for m in parse_newc(stock.stock_initramfs(kernel, init).read_bytes())}
+    assert members["init"].data == b"\x7fELF init"
+    assert members[MSR_MODULE.lstrip("/")].data == MODULE
+    assert {"lib", "lib/modules", "dev/kmsg", "dev/console"} <= members.keys()
+
+
+@pytest.mark.parametrize(
+    ("deb", "needle"),
+    [
+        (image_deb(config=None), "no boot/config"),
+        (image_deb(module=None), "holds no msr.ko"),
+        (image_deb(config=b"# CONFIG_X86_MSR is not set\n", module=None), "no msr driver"),
+        (image_deb(module=b"not an ELF"), "not a 64-bit ELF"),
+    ],
+    ids=["no-config", "module-missing", "no-driver", "bad-module"],
+)
+def test_a_package_without_what_init_needs_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deb: bytes, needle: str
+) -> None:
+    fake_apt(tmp_path, monkeypatch, deb)
+    with pytest.raises(BuildError, match=needle):
+        stock.fetch_stock_kernel(f"linux-image-{VERSION}", cache=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "stock" / f"linux-image-{VERSION}" / "build.json").exists()
+
+
+def test_a_built_in_msr_driver_needs_no_module_in_the_initramfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_apt(tmp_path, monkeypatch, image_deb(config=b"CONFIG_X86_MSR=y\n", module=None))
+    kernel = stock.fetch_stock_kernel(f"linux-image-{VERSION}", cache=tmp_path / "cache")
+    assert kernel.msr_module is None
+    init_dir = tmp_path / "init-fedcba9876543210"
+    init_dir.mkdir()
+    (init_dir / "init").write_bytes(b"init")
+    init = InitramfsBuild(init_dir / "init", init_dir / "x.cpio", 4, 0, init_dir, True)
+    names = {m.name for m in parse_newc(stock.stock_initramfs(kernel, init).read_bytes())}
+    assert MSR_MODULE.lstrip("/") not in names and "init" in names

@@ -54,6 +54,8 @@ __all__ = [
     "build_kernel",
     "cache_root",
     "cached_build",
+    "initramfs_entries",
+    "write_atomic",
 ]
 
 ProgressFn = Callable[[str], None]
@@ -317,7 +319,7 @@ def _tarball_sha(tarball: Path, root: Path, clock: _Clock | None = None) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     known[memo_key] = h.hexdigest()
-    _write_atomic(memo, json.dumps(known, indent=1).encode())
+    write_atomic(memo, json.dumps(known, indent=1).encode())
     return h.hexdigest()
 
 
@@ -433,7 +435,9 @@ def _make(
 # --- the cache ------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` whole or not at all (a temporary file in its directory, then rename);
+    creates the directory (under the cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -553,7 +557,7 @@ def _compile_kernel(
         "build_seconds": round(seconds, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _write_atomic(out / "build.json", json.dumps(meta, indent=1).encode())
+    write_atomic(out / "build.json", json.dumps(meta, indent=1).encode())
     shutil.rmtree(objdir, ignore_errors=True)
     clock.say("kernel", f"built {release} in {seconds:.0f} s: {out / 'vmlinux'}")
     return KernelBuild(
@@ -641,10 +645,10 @@ def _build_initramfs(root: Path, clock: _Clock) -> InitramfsBuild:
             raise BuildError(f"compiling /init failed (is libc6-dev installed?): {first}")
         init = binary.read_bytes()
     archive = cpio.write_newc(initramfs_entries(init))
-    _write_atomic(out / "init", init, 0o755)
-    _write_atomic(out / "initramfs.cpio", archive)
+    write_atomic(out / "init", init, 0o755)
+    write_atomic(out / "initramfs.cpio", archive)
     meta = {"init_bytes": len(init), "initramfs_bytes": len(archive), "recipe": RECIPE}
-    _write_atomic(out / "build.json", json.dumps(meta, indent=1).encode())
+    write_atomic(out / "build.json", json.dumps(meta, indent=1).encode())
     clock.say("init", f"/init {len(init):,} bytes, initramfs {len(archive):,} bytes")
     return InitramfsBuild(out / "init", out / "initramfs.cpio", len(init), len(archive), out, False)
 

@@ -56,7 +56,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#if !defined(VPI_REPORT_MARKER) || !defined(VPI_PHASE_NAMES) || !defined(VPI_IRQ_NAMES)
+#if !defined(VPI_REPORT_MARKER) || !defined(VPI_PHASE_NAMES) || !defined(VPI_IRQ_NAMES) || \
+	!defined(VPI_MSR_MODULE)
 #error "compile with the -D flags of vpindex.backends.linux.workload.init_defines()"
 #endif
 
@@ -244,6 +245,31 @@ static int open_msr(int cpu)
 	if (mknod(path, S_IFCHR | 0600, makedev(MSR_MAJOR, cpu)) != 0 && errno != EEXIST)
 		return -1;
 	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+/*
+ * A kernel that builds the msr driver as a module (CONFIG_X86_MSR=m, a distribution kernel) gets
+ * it in the initramfs at VPI_MSR_MODULE: load it unless the driver is already there
+ * (/dev/cpu/0/msr exists) or no module was packed (the project's own kernel has it built in).
+ * Loading it makes devtmpfs create /dev/cpu/N/msr; open_msr() makes any node still missing.
+ */
+static void load_msr_module(void)
+{
+	struct stat st;
+	int fd;
+
+	if (stat("/dev/cpu/0/msr", &st) == 0 || stat(VPI_MSR_MODULE, &st) != 0)
+		return;
+	fd = open(VPI_MSR_MODULE, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		fail("open %s: %s", VPI_MSR_MODULE, strerror(errno));
+		return;
+	}
+	if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)
+		fail("finit_module %s: %s", VPI_MSR_MODULE, strerror(errno));
+	else
+		say("loaded %s", VPI_MSR_MODULE);
+	close(fd);
 }
 
 static void read_vp_indexes(void)
@@ -743,6 +769,7 @@ int main(void)
 		/* Without devtmpfs the nodes come from the initramfs and open_msr() makes the rest. */
 		if (mount("devtmpfs", "/dev", "devtmpfs", 0, NULL) != 0 && errno != ENODEV)
 			fail("mount devtmpfs: %s", strerror(errno));
+		load_msr_module();
 	}
 
 	text = getenv(VPI_ENV_WORKLOAD);

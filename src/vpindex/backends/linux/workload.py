@@ -42,6 +42,7 @@ __all__ = [
     "ERROR_MARKER",
     "IRQ_NAMES",
     "MAX_ITERATIONS",
+    "MSR_MODULE",
     "PHASES",
     "PROGRESS_MARKER",
     "REPORT_MARKER",
@@ -90,6 +91,12 @@ WORKLOADS: Mapping[str, tuple[str, ...]] = {
 IRQ_NAMES: tuple[str, ...] = ("RES", "CAL", "TLB", "LOC")
 """The ``/proc/interrupts`` rows reported per CPU: rescheduling IPIs, function-call IPIs,
 TLB shootdowns received, local timer interrupts."""
+
+MSR_MODULE = "/lib/modules/msr.ko"
+"""Where an initramfs holds the msr driver module, for a kernel that builds the driver as a
+module (``CONFIG_X86_MSR=m``, as Debian's do). When this file exists and ``/dev/cpu/0/msr``
+does not, ``/init`` loads it with ``finit_module`` before reading the VP indexes. The project's
+own kernel has the driver built in and its initramfs has no such file."""
 
 DEFAULT_WORKLOAD = "default"
 DEFAULT_ITERATIONS = 10
@@ -175,6 +182,7 @@ def init_defines() -> list[str]:
         "VPI_NO_PHASES": text(NO_PHASES),
         "VPI_PHASE_NAMES": text(",".join(PHASES)),
         "VPI_IRQ_NAMES": text(",".join(IRQ_NAMES)),
+        "VPI_MSR_MODULE": text(MSR_MODULE),
     }
     for phase in PHASES:
         values["VPI_PHASE_" + phase.upper().replace("-", "_")] = text(phase)
