@@ -228,6 +228,9 @@ def test_cli_linux_run_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         (["--kernel", str(not_elf), "--initrd", str(initrd)], "bzImage"),
         (["--kernel", str(truncated), "--initrd", str(initrd)], "truncated"),
         (["--kernel", str(truncated), "--initrd", str(tmp_path / "none.cpio")], "not a file"),
+        (["--stock", "--kernel", str(truncated)], "--stock: picks the kernel"),
+        (["--stock", "--initrd", str(initrd)], "--stock: picks the kernel"),
+        (["--stock", "--memory", "64"], "--memory: 64 is too little for --stock"),
     ]
     for args, needle in cases:
         done = CliRunner().invoke(app, ["linux", "run", *args])
@@ -262,3 +265,35 @@ def test_acpi_tables_checksums_and_madt() -> None:
             lapics.append(madt[at + 3])
         at += length
     assert at == len(madt) and lapics == [0, 1, 2]
+
+
+def _words(line: str, name: str) -> list[str]:
+    return [w for w in line.split() if w == name or w.startswith(name + "=")]
+
+
+def test_the_stock_kernel_gets_the_stock_words_and_the_wider_feature_hiding() -> None:
+    from vpindex.backends.kvm.host_fixes import STOCK_HIDDEN_FEATURES
+    from vpindex.backends.kvm.linuxvm.run import guest_cmdline
+    from vpindex.backends.linux.cmdline import SLOW_INITCALLS, STOCK_WORDS, STOCK_WORDS_WHY
+
+    small = guest_cmdline("default", 3)
+    stock = guest_cmdline("default", 3, stock=True)
+    assert not set(STOCK_WORDS) & set(small.split())  # the built kernel's line is unchanged
+    assert _words(small, "clearcpuid") == ["clearcpuid=popcnt,smap"]
+    assert set(STOCK_WORDS) <= set(stock.split())
+    # Linux reads only the last clearcpuid= (arch/x86/lib/cmdline.c): it must be the whole list.
+    hidden = _words(stock, "clearcpuid")
+    assert hidden == ["clearcpuid=" + ",".join(STOCK_HIDDEN_FEATURES)]
+    assert set(STOCK_WORDS_WHY) == set(STOCK_WORDS) and all(STOCK_WORDS_WHY.values())
+    assert _words(stock, "initcall_blacklist") == ["initcall_blacklist=" + ",".join(SLOW_INITCALLS)]
+    # The caller's words come last, so a repeated name=value of theirs wins.
+    appended = guest_cmdline("default", 3, ("initcall_blacklist=x",), stock=True)
+    assert _words(appended, "initcall_blacklist")[-1] == "initcall_blacklist=x"
+
+
+def test_a_clearcpuid_list_linux_would_cut_is_refused() -> None:
+    from vpindex.backends.kvm.host_fixes import hide_features_words
+
+    assert len(hide_features_words(("a" * 63, "b" * 63))[1]) == len("clearcpuid=") + 127
+    with pytest.raises(ValueError, match="127"):
+        hide_features_words(("a" * 64, "b" * 63))

@@ -22,6 +22,8 @@ __all__ = [
     "KVM_SUITE_TIMEOUT_S",
     "KVM_SUITE_VCPUS",
     "LINUX_MEMORY_MIB",
+    "LINUX_STOCK_MEMORY_MIB",
+    "LINUX_STOCK_TIMEOUT_S",
     "LINUX_TIMEOUT_S",
     "LINUX_VCPUS",
     "SIM_CALLS",
@@ -62,3 +64,8 @@ KVM_SCALE_TIMEOUT_S: Final = 300.0
 LINUX_VCPUS: Final = 4
 LINUX_MEMORY_MIB: Final = 64
 LINUX_TIMEOUT_S: Final = 300.0
+#: ``vpindex linux run --stock`` (Debian's cloud kernel): its image alone reaches 66 MiB of
+#: physical memory, and with every instruction of its much larger boot emulated it takes many
+#: minutes to reach /init on a software-virtualising host.
+LINUX_STOCK_MEMORY_MIB: Final = 128
+LINUX_STOCK_TIMEOUT_S: Final = 2400.0

@@ -23,10 +23,11 @@ from vpindex.backends.linux.build import (
     BuildError,
     BuildResult,
     SourceError,
+    build_initramfs,
     build_kernel,
     cached_build,
 )
-from vpindex.backends.linux.stock import fetch_stock_kernel
+from vpindex.backends.linux.stock import cached_stock_kernel, fetch_stock_kernel, stock_initramfs
 from vpindex.backends.linux.workload import DEFAULT_ITERATIONS, MAX_ITERATIONS, WORKLOADS
 from vpindex.cli.errors import (
     bad_option,
@@ -44,7 +45,13 @@ from vpindex.cli.limits import (
     MIN_PROFILE_MS,
 )
 from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
-from vpindex.defaults import LINUX_MEMORY_MIB, LINUX_TIMEOUT_S, LINUX_VCPUS
+from vpindex.defaults import (
+    LINUX_MEMORY_MIB,
+    LINUX_STOCK_MEMORY_MIB,
+    LINUX_STOCK_TIMEOUT_S,
+    LINUX_TIMEOUT_S,
+    LINUX_VCPUS,
+)
 
 __all__ = ["linux_app"]
 
@@ -188,23 +195,25 @@ def run(
         ),
     ] = None,
     memory: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--memory",
             parser=int_in(MIN_LINUX_MEMORY_MIB, MAX_GUEST_MEMORY_MIB, "--memory"),
             metavar="MIB",
-            help=f"Guest RAM in MiB, {MIN_LINUX_MEMORY_MIB}..{MAX_GUEST_MEMORY_MIB}.",
+            help=f"Guest RAM in MiB, {MIN_LINUX_MEMORY_MIB}..{MAX_GUEST_MEMORY_MIB} "
+            f"(default {LINUX_MEMORY_MIB}; {LINUX_STOCK_MEMORY_MIB} with --stock).",
         ),
-    ] = LINUX_MEMORY_MIB,
+    ] = None,
     timeout: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--timeout",
             parser=float_in(1.0, MAX_LINUX_TIMEOUT_S, "--timeout"),
             metavar="S",
-            help=f"Seconds before the run is declared hung, up to {MAX_LINUX_TIMEOUT_S:.0f}.",
+            help=f"Seconds before the run is declared hung, up to {MAX_LINUX_TIMEOUT_S:.0f} "
+            f"(default {LINUX_TIMEOUT_S:.0f}; {LINUX_STOCK_TIMEOUT_S:.0f} with --stock).",
         ),
-    ] = LINUX_TIMEOUT_S,
+    ] = None,
     trace_out: Annotated[
         Path | None,
         output_file_option("--trace-out", "Write the guest's hypercalls as KVM tracepoint text."),
@@ -234,6 +243,15 @@ def run(
             "functions per boot phase.",
         ),
     ] = None,
+    stock: Annotated[
+        bool,
+        typer.Option(
+            "--stock",
+            help="Boot Debian's stock cloud kernel (fetched first when not cached) with the "
+            "project's /init and the kernel's msr module; implies --acpi and the stock kernel "
+            "words. Takes tens of minutes on a software-virtualising host.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Boot the Linux guest on the KVM backend with N vCPUs and the given VP indexes, run its
@@ -255,15 +273,27 @@ def run(
         bad_option("--hv", f"{hv}: {err}")
     if control is not None:
         choice(CONTROLS, "--control")(control)
+    if stock and (kernel is not None or initrd is not None):
+        bad_option("--stock", "picks the kernel and initramfs itself; drop --kernel/--initrd")
+    if memory is None:
+        memory = LINUX_STOCK_MEMORY_MIB if stock else LINUX_MEMORY_MIB
+    elif stock and memory < LINUX_STOCK_MEMORY_MIB:
+        bad_option(
+            "--memory", f"{memory} is too little for --stock: at least {LINUX_STOCK_MEMORY_MIB}"
+        )
+    if timeout is None:
+        timeout = LINUX_STOCK_TIMEOUT_S if stock else LINUX_TIMEOUT_S
     words = tuple(append.split()) if append else ()
     try:
-        guest_cmdline(workload, iterations, words)
+        guest_cmdline(workload, iterations, words, stock=stock)
     except ValueError as err:
         bad_option("--append", f"{len(append or '')} characters: {err}")
     for option, path in (("--kernel", kernel), ("--initrd", initrd)):
         if path is not None:
             readable_file_size(option, path)
-    if kernel is None or initrd is None:
+    if stock:
+        kernel, initrd = _stock_guest(as_json)
+    elif kernel is None or initrd is None:
         built = cached_build()
         if built is None:
             typer.echo("note: building the guest kernel and /init first", err=True)
@@ -284,7 +314,8 @@ def run(
         trace_out=trace_out,
         console_sink=None if as_json else stderr_sink(),
         append=words,
-        acpi=acpi,
+        acpi=acpi or stock,
+        stock=stock,
         profile_ms=profile_ms,
     )
     try:
@@ -306,6 +337,23 @@ def run(
     _print_summary(report)
     if failed:
         run_failed(failed)
+
+
+def _stock_guest(as_json: bool) -> tuple[Path, Path]:
+    """``--stock``: the fetched kernel (fetching it first, with a note) and its initramfs (the
+    project's ``/init`` plus the kernel's msr module)."""
+    try:
+        kernel = cached_stock_kernel()
+        if kernel is None:
+            typer.echo("note: fetching the stock kernel first (vpindex linux fetch)", err=True)
+            kernel = fetch_stock_kernel(None, _progress)
+        return kernel.vmlinux, stock_initramfs(kernel, build_initramfs())
+    except SourceError as err:
+        bad_option("--stock", str(err))
+    except BuildError as err:
+        run_failed(str(err), as_json=as_json, doc={"guest": "linux"})
+    except OSError as err:
+        run_failed(f"--stock: {err.filename or ''}: {err.strerror or err}", as_json=as_json)
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -369,3 +417,6 @@ def fetch(
         typer.echo(
             f"kernel     {kernel.vmlinux}  (Linux {kernel.kernel_version}{_hit(kernel.cache_hit)})"
         )
+        module = kernel.msr_module or "none (the msr driver is built in)"
+        typer.echo(f"config     {kernel.config}")
+        typer.echo(f"msr module {module}")

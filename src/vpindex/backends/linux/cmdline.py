@@ -22,6 +22,11 @@ Words come in groups so a VMM can see why each is there:
   (``retain_initrd``; the initramfs is under 1 MiB). Sources: ``init/main.c``
   (``mark_readonly``) and ``init/initramfs.c`` in Linux 6.12.
 
+- :data:`STOCK_WORDS`: added for a stock distribution kernel (Debian's cloud kernel, see
+  ``stock.py``), whose configuration turns on much that the project's own kernel leaves out
+  and whose every instruction runs emulated on a software-virtualising host. Each word, its
+  reason and where Linux 6.12 reads it, is in :data:`STOCK_WORDS_WHY`.
+
 Words that exist only because of a particular host (on this project's PVM ``/dev/kvm``: hiding
 CPU features its instruction emulator fails on) are not here: they live with that host's other
 workarounds in the VMM (``backends/kvm/host_fixes.py``), which adds them.
@@ -35,6 +40,9 @@ __all__ = [
     "BOOT_WORDS",
     "COMMAND_LINE_MAX",
     "CONSOLE_WORDS",
+    "SLOW_INITCALLS",
+    "STOCK_WORDS",
+    "STOCK_WORDS_WHY",
     "UART_PORT",
     "base_cmdline_words",
     "kernel_cmdline",
@@ -60,6 +68,50 @@ BOOT_WORDS: tuple[str, ...] = (
     "rodata=off",
     "retain_initrd",
 )
+SLOW_INITCALLS: tuple[str, ...] = (
+    "jent_mod_init",
+    "init_kprobe_trace",
+    "load_system_certificate_list",
+    "bpf_tcp_ca_kfunc_init",
+    "bpf_kfunc_init",
+)
+"""Initcalls of Debian's 6.12 cloud kernel that a stock boot skips (``initcall_blacklist=``,
+``init/main.c``), each tens of guest seconds when kernel code is emulated (measured with
+``initcall_debug``, see docs/LINUX.md): the jitter-entropy RNG's start-up health test
+(``crypto/jitterentropy-kcapi.c``: it times memory accesses, thousands of rounds); kprobe trace
+events' boot setup (``kernel/trace/trace_kprobe.c``: waits on ``event_mutex`` while a kworker
+updates every trace event); the built-in X.509 certificates (``certs/system_keyring.c``: RSA
+parsing; without them a module's signature cannot be checked, so the msr module loads
+unverified, which ``CONFIG_MODULE_SIG`` without ``MODULE_SIG_FORCE`` allows, tainting the
+kernel); two BPF kfunc registrations (``net/ipv4/bpf_tcp_ca.c``, ``net/core/filter.c``), each
+walking the kernel's BTF. Nothing the guest's ``/init`` uses depends on them."""
+
+STOCK_WORDS_WHY: dict[str, str] = {
+    "mitigations=off": "no speculation mitigations: less boot-time text patching, no extra "
+    "work on kernel entry and exit (kernel/cpu.c)",
+    "nopti": "no page-table isolation: one page table per process, half the CR3 switches "
+    "(arch/x86/mm/pti.c), each costly under a shadow MMU",
+    "io_delay=none": "no port 0x80 write after legacy port I/O (arch/x86/kernel/io_delay.c): "
+    "each would be a VM exit",
+    "pci=off": "the VMM has no PCI bus: no config-space probing through ports 0xCF8/0xCFC "
+    "(arch/x86/pci/common.c)",
+    "cryptomgr.notests": "no crypto self-tests when algorithms register (crypto/testmgr.c)",
+    "init_on_alloc=0": "Debian turns on INIT_ON_ALLOC_DEFAULT_ON: do not zero every "
+    "allocated page (mm/mm_init.c)",
+    "nowatchdog": "no soft/hard lockup detectors (kernel/watchdog.c): a kernel running "
+    "emulated can trip them, and their reports send NMIs",
+    "lsm=capability": "only the capability LSM: no AppArmor, Yama, Lockdown, IMA or EVM "
+    "set-up (security/security.c)",
+    "initcall_blacklist=" + ",".join(SLOW_INITCALLS): "skip the slow initcalls of "
+    "SLOW_INITCALLS (init/main.c)",
+}
+STOCK_WORDS: tuple[str, ...] = tuple(STOCK_WORDS_WHY)
+"""The words a stock distribution kernel boots with on top of the base words (and the VMM's
+host words): see :data:`STOCK_WORDS_WHY` for the reason of each. ``nokaslr`` and ``no5lvl``
+are not among them: the VMM enters the vmlinux at its 64-bit entry point with 4-level paging,
+so the bzImage decompressor that reads them never runs, and without its ``KASLR_FLAG`` in the
+zero page the kernel does not randomise its memory layout (``arch/x86/include/asm/setup.h``)."""
+
 COMMAND_LINE_MAX = 2047
 """x86 Linux keeps at most COMMAND_LINE_SIZE (2048) bytes of command line, NUL included."""
 

@@ -37,12 +37,17 @@ from typing import Any, Final
 
 from vpindex.abi import HvStatus
 from vpindex.abi.hvflags import HvSelection
-from vpindex.backends.kvm.host_fixes import FIX_NAMES, HIDE_FEATURES_WORDS
+from vpindex.backends.kvm.host_fixes import (
+    FIX_NAMES,
+    HIDDEN_FEATURES,
+    STOCK_HIDDEN_FEATURES,
+    hide_features_words,
+)
 from vpindex.backends.kvm.linuxvm.elf import read_vmlinux
 from vpindex.backends.kvm.linuxvm.milestones import MILESTONES
 from vpindex.backends.kvm.linuxvm.profile import KernelSymbols, summarize
 from vpindex.backends.kvm.linuxvm.vmm import CALL_CODES, BootResult, BootSpec, boot_linux
-from vpindex.backends.linux.cmdline import base_cmdline_words, kernel_cmdline
+from vpindex.backends.linux.cmdline import STOCK_WORDS, base_cmdline_words, kernel_cmdline
 from vpindex.backends.linux.workload import (
     PROGRESS_MARKER,
     REPORT_MARKER,
@@ -96,6 +101,9 @@ class LinuxRun:
     acpi: bool = False
     #: milliseconds between profile samples of every vCPU (``profile``), or None
     profile_ms: float | None = None
+    #: the kernel is the stock distribution kernel (``vpindex linux fetch``): ACPI tables, the
+    #: stock command-line words (``cmdline.STOCK_WORDS``) and the host's wider feature hiding
+    stock: bool = False
 
 
 def _code_key(code: int) -> str:
@@ -261,12 +269,20 @@ def _judge(
     return failures, notes
 
 
-def guest_cmdline(workload: str, iterations: int, append: Sequence[str] = ()) -> str:
-    """The kernel command line of a run: the base words, the host fixes' words, /init's knobs
-    and the caller's ``append`` words. Raises ValueError when a word is bad or the line is
-    longer than the kernel keeps (a caller can check ``--append`` before booting)."""
+def guest_cmdline(
+    workload: str, iterations: int, append: Sequence[str] = (), *, stock: bool = False
+) -> str:
+    """The kernel command line of a run: the base words, the host fixes' words (the wider
+    feature hiding for the stock kernel), the stock words for the stock kernel, /init's knobs,
+    then the caller's ``append`` words (last, so a repeated ``name=value`` of the caller's
+    wins). Raises ValueError when a word is bad or the line is longer than the kernel keeps (a
+    caller can check ``--append`` before booting)."""
     return kernel_cmdline(
-        base_cmdline_words(), HIDE_FEATURES_WORDS, cmdline_words(workload, iterations), append
+        base_cmdline_words(),
+        hide_features_words(STOCK_HIDDEN_FEATURES if stock else HIDDEN_FEATURES),
+        STOCK_WORDS if stock else (),
+        cmdline_words(workload, iterations),
+        append,
     )
 
 
@@ -276,7 +292,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
     cannot serve it."""
     image = read_vmlinux(req.kernel)
     initrd = req.initrd.read_bytes()
-    cmdline = guest_cmdline(req.workload, req.iterations, req.append)
+    cmdline = guest_cmdline(req.workload, req.iterations, req.append, stock=req.stock)
     spec = BootSpec(
         kernel=image,
         initrd=initrd,
@@ -288,7 +304,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         timeout=req.timeout,
         control=req.control,
         trace=req.trace_out is not None,
-        acpi=req.acpi,
+        acpi=req.acpi or req.stock,
         profile_interval=req.profile_ms / 1000 if req.profile_ms is not None else None,
         console_sink=req.console_sink,
         snapshot_lines={
@@ -315,6 +331,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "guest": "linux",
         "kernel": str(req.kernel),
         "kernel_version": image.version,
+        "stock_kernel": req.stock,
         "vcpus": req.vcpus,
         "vp_indexes": list(req.vp_indexes),
         "hyperv": req.hv is not None,
