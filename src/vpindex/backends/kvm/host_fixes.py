@@ -31,7 +31,9 @@ it never fires, and every firing is counted in :attr:`HostFixes.counts` (reporte
 
 Host CPUID features leak into the guest's CPUID whatever KVM_SET_CPUID2 says, so features the
 emulator cannot run at CPL0 are hidden on the kernel command line instead
-(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``). With the leaked
+(:data:`HIDE_FEATURES_WORDS`): XSAVE (``xrstor64``), POPCNT, SMAP (``clac``); a stock
+distribution kernel, whose code picks many more instructions by CPUID, gets
+:data:`STOCK_HIDDEN_FEATURES` hidden (:func:`hide_features_words`). With the leaked
 FSGSBASE the NMI/#DB entry reads its per-CPU base with ``rdgsbase``
 + ``lsl``, and the emulator fails on ``lsl``; rather than hide FSGSBASE, NMIs are kept away: RCU's
 CPU-stall detector, whose report sends NMIs and which kernel code running a thousand times

@@ -73,18 +73,22 @@ SLOW_INITCALLS: tuple[str, ...] = (
     "init_kprobe_trace",
     "load_system_certificate_list",
     "bpf_tcp_ca_kfunc_init",
-    "bpf_kfunc_init",
+    "bpf_dummy_struct_ops_init",
 )
 """Initcalls of Debian's 6.12 cloud kernel that a stock boot skips (``initcall_blacklist=``,
-``init/main.c``), each tens of guest seconds when kernel code is emulated (measured with
-``initcall_debug``, see docs/LINUX.md): the jitter-entropy RNG's start-up health test
-(``crypto/jitterentropy-kcapi.c``: it times memory accesses, thousands of rounds); kprobe trace
-events' boot setup (``kernel/trace/trace_kprobe.c``: waits on ``event_mutex`` while a kworker
-updates every trace event); the built-in X.509 certificates (``certs/system_keyring.c``: RSA
-parsing; without them a module's signature cannot be checked, so the msr module loads
-unverified, which ``CONFIG_MODULE_SIG`` without ``MODULE_SIG_FORCE`` allows, tainting the
-kernel); two BPF kfunc registrations (``net/ipv4/bpf_tcp_ca.c``, ``net/core/filter.c``), each
-walking the kernel's BTF. Nothing the guest's ``/init`` uses depends on them."""
+``init/main.c``), each seconds to tens of guest seconds when kernel code is emulated: the
+jitter-entropy RNG's start-up health test (``crypto/jitterentropy-kcapi.c``: thousands of
+timed memory-access rounds); kprobe trace events' boot set-up (``kernel/trace/trace_kprobe.c``:
+waits on ``event_mutex`` while a kworker updates every trace event); the built-in X.509
+certificates (``certs/system_keyring.c``: without them a module's signature cannot be checked,
+so the msr module loads unverified, which ``CONFIG_MODULE_SIG`` without ``MODULE_SIG_FORCE``
+allows, tainting the kernel); and the two BPF struct_ops registrations
+(``net/ipv4/bpf_tcp_ca.c``, ``net/bpf/bpf_dummy_struct_ops.c``): ``register_bpf_struct_ops``
+looks up a stub function for each function-pointer member with ``btf_find_by_name_kind``, a
+linear scan of the whole kernel BTF (``kernel/bpf/bpf_struct_ops.c``, ``kernel/bpf/btf.c``),
+plus two for the struct's own types: about 20 scans for ``tcp_congestion_ops``, 5 for
+``bpf_dummy_ops``. Nothing the guest's
+``/init`` uses depends on any of them."""
 
 STOCK_WORDS_WHY: dict[str, str] = {
     "mitigations=off": "no speculation mitigations: less boot-time text patching, no extra "
