@@ -104,8 +104,9 @@ STOCK_WORDS_WHY: dict[str, str] = {
     "allocated page (mm/mm_init.c)",
     "nowatchdog": "no soft/hard lockup detectors (kernel/watchdog.c): a kernel running "
     "emulated can trip them, and their reports send NMIs",
-    "lsm=capability": "only the capability LSM: no AppArmor, Yama, Lockdown, IMA or EVM "
-    "set-up (security/security.c)",
+    "lsm=capability": "of Debian's CONFIG_LSM list only capability: no Landlock, Yama, "
+    "AppArmor, SELinux, TOMOYO, BPF LSM or IPE set-up (security/security.c; the early "
+    "lockdown LSM and the always-last IMA/EVM stay, with no policy)",
     "initcall_blacklist=" + ",".join(SLOW_INITCALLS): "skip the slow initcalls of "
     "SLOW_INITCALLS (init/main.c)",
 }
