@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from vpindex.abi import HvStatus
+from vpindex.abi import HV_X64_MSR_VP_INDEX, HvStatus
 from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.host_fixes import (
     FIX_NAMES,
@@ -46,7 +46,13 @@ from vpindex.backends.kvm.host_fixes import (
 from vpindex.backends.kvm.linuxvm.elf import read_vmlinux
 from vpindex.backends.kvm.linuxvm.milestones import MILESTONES
 from vpindex.backends.kvm.linuxvm.profile import KernelSymbols, summarize
-from vpindex.backends.kvm.linuxvm.vmm import CALL_CODES, BootResult, BootSpec, boot_linux
+from vpindex.backends.kvm.linuxvm.vmm import (
+    CALL_CODES,
+    FLUSH_CODES,
+    BootResult,
+    BootSpec,
+    boot_linux,
+)
 from vpindex.backends.linux.cmdline import STOCK_WORDS, base_cmdline_words, kernel_cmdline
 from vpindex.backends.linux.workload import (
     PROGRESS_MARKER,
@@ -76,7 +82,7 @@ _SEGFAULT: Final = re.compile(
     r"(?P<comm>[^\s\[\]]+)\[(?P<pid>\d+)\]: segfault at (?P<addr>[0-9a-f]+) "
     r"ip (?P<ip>[0-9a-f]+) sp [0-9a-f]+ error (?P<err>[0-9a-f]+)"
 )
-_VP_INDEX_MSR: Final = "0x40000002"
+_VP_INDEX_MSR: Final = f"{HV_X64_MSR_VP_INDEX:#x}"
 
 
 @dataclass(frozen=True)
@@ -258,7 +264,7 @@ def _judge(
             failures += _check_delivery(boot, report)
     tlb = sum(report.interrupt_delta("TLB"))
     if req.control == "refuse-flush":
-        refused = sum(boot.hypercalls[c] for c in (0x0002, 0x0003, 0x0013, 0x0014))
+        refused = sum(boot.hypercalls[c] for c in FLUSH_CODES)
         notes.append(
             f"control refuse-flush: {refused} flush hypercalls answered "
             f"HV_STATUS_ACCESS_DENIED; the guest fell back to IPI shootdowns: TLB shootdown "

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from vpindex.abi import Features, HvError, HvStatus, uses_xmm_input
+from vpindex.abi import PAGE_SIZE, Features, HvCallCode, HvError, HvStatus, uses_xmm_input
 from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm._libc import ioctl
 from vpindex.backends.kvm.contract import HYPERCALL_PORT
@@ -64,14 +64,14 @@ __all__ = [
 ]
 
 #: The six hypercalls vpindex serves, as a Linux guest issues them.
-CALL_CODES: Final = (0x0002, 0x0003, 0x000B, 0x0013, 0x0014, 0x0015)
-FLUSH_CODES: Final = frozenset((0x0002, 0x0003, 0x0013, 0x0014))
+CALL_CODES: Final = tuple(int(code) for code in HvCallCode)
+FLUSH_CODES: Final = frozenset(code for code in CALL_CODES if HvCallCode(code).is_flush)
 CONTROLS: Final = ("refuse-flush", "misroute-ipi")
 ZERO_PAGE_GPA: Final = 0x90000
 CMDLINE_GPA: Final = 0x91000
-MAX_CMDLINE: Final = 4096
+#: The command line lives in one page at CMDLINE_GPA, NUL included.
+MAX_CMDLINE: Final = PAGE_SIZE
 _KERNEL_MIN_GPA: Final = 0x100000
-_PAGE: Final = 4096
 HV_MSR_TSC_FREQUENCY: Final = 0x40000022
 HV_MSR_APIC_FREQUENCY: Final = 0x40000023
 HV_MSR_VP_ASSIST_PAGE: Final = 0x40000073
@@ -82,7 +82,7 @@ _STATUS_MASK: Final = 0xFFFF
 _SNAPSHOT: Final = "snapshot:"
 #: How many IPI calls a run keeps for the end-to-end delivery check (the rest are counted only).
 MAX_CHECKED_IPIS: Final = 200_000
-_IPI_CODES: Final = frozenset((0x000B, 0x0015))
+_IPI_CODES: Final = frozenset(CALL_CODES) - FLUSH_CODES
 _RCX: Final = 2
 _CR0_PE: Final = 1
 
@@ -168,7 +168,7 @@ def _check_spec(spec: BootSpec, memory_size: int) -> int:
     kernel = spec.kernel
     if min(s.paddr for s in kernel.segments) < _KERNEL_MIN_GPA:
         raise ValueError("the kernel loads below 1 MiB, over the VMM's boot structures")
-    initrd_gpa = (memory_size - len(spec.initrd)) & ~(_PAGE - 1)
+    initrd_gpa = (memory_size - len(spec.initrd)) & ~(PAGE_SIZE - 1)
     if kernel.end > memory_size or initrd_gpa < kernel.end:
         raise ValueError(
             f"{spec.memory_mib} MiB of RAM cannot hold the kernel (up to {kernel.end:#x}) "
