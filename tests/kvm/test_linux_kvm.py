@@ -106,8 +106,9 @@ def test_refusing_flush_hypercalls_makes_the_guest_shoot_down_by_ipi(guest: Buil
 def test_one_misrouted_ipi_fails_the_run(guest: BuildResult) -> None:
     """Control for the end-to-end delivery check: one IPI delivered to the wrong vCPU."""
     passed, report = _run(guest, (2, 0, 1), control="misroute-ipi", profile_ms=50.0)
+    why = "; ".join(report["failures"]) + "\n" + "\n".join(report["console_tail"])
     assert not passed
-    assert any("misroute-ipi" in n for n in report["notes"]), report["notes"]
+    assert any("misroute-ipi" in n for n in report["notes"]), why
     assert any("reached vCPUs" in f for f in report["failures"]), report["failures"]
     assert report["ended"] == "reset"  # it fails by the check, not by hanging
     # The same boot, profiled (opt-in): samples named from the vmlinux's own symbol table.
