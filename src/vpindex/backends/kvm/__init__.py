@@ -8,8 +8,8 @@ reads this chain and checks it)::
     -> _libc, ioctls
     -> system -> vm -> vcpu, vcpu_stats
     -> layout, asm, linuxvm, linuxvm.elf, linuxvm.bootparams, linuxvm.mptable, linuxvm.cpuid,
-       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones, linuxvm.progress, linuxvm.profile
-    -> contract, host_fixes, linuxvm.acpi
+       linuxvm.devices, linuxvm.pagewalk, linuxvm.milestones, linuxvm.progress
+    -> contract, host_fixes, linuxvm.acpi, linuxvm.profile
     -> guests, guests.suite_layout -> guests.hello, guests.suite_image
     -> remote_flush -> hyperv -> exits -> machine
     -> suite_machine, linuxvm.vmm -> runner, scale, byo, linuxvm.run

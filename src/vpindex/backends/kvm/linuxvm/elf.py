@@ -14,16 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["BadKernel", "KernelImage", "Segment", "parse_vmlinux", "read_vmlinux"]
+__all__ = [
+    "ELF64_EHDR",
+    "ELF_MAGIC",
+    "BadKernel",
+    "KernelImage",
+    "Segment",
+    "parse_vmlinux",
+    "read_vmlinux",
+]
 
-_ELF_MAGIC: Final = b"\x7fELF"
+ELF_MAGIC: Final = b"\x7fELF"
 _ELFCLASS64, _ELFDATA2LSB, _EV_CURRENT = 2, 1, 1
 _ET_EXEC, _ET_DYN = 2, 3
 _EM_X86_64: Final = 62
 _PT_LOAD: Final = 1
 #: e_ident (16) e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize e_phentsize
 #: e_phnum e_shentsize e_shnum e_shstrndx
-_EHDR: Final = struct.Struct("<16sHHIQQQIHHHHHH")
+ELF64_EHDR: Final = struct.Struct("<16sHHIQQQIHHHHHH")
 #: p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align
 _PHDR: Final = struct.Struct("<IIQQQQQQ")
 _MAX_PHNUM: Final = 64
@@ -75,13 +83,13 @@ def read_vmlinux(path: Path) -> KernelImage:
 
 def parse_vmlinux(data: bytes) -> KernelImage:
     """Parse an in-memory vmlinux. Raises BadKernel naming the first problem found."""
-    if len(data) < 4 or data[:4] != _ELF_MAGIC:
+    if len(data) < 4 or data[:4] != ELF_MAGIC:
         hint = " (a bzImage? pass the uncompressed vmlinux)" if data[0x202:0x206] == b"HdrS" else ""
         raise BadKernel(f"not an ELF file{hint}")
-    if len(data) < _EHDR.size:
+    if len(data) < ELF64_EHDR.size:
         raise BadKernel(f"truncated ELF header ({len(data)} bytes)")
     ident, e_type, machine, _ver, entry, phoff, _sh, _fl, _eh, phentsize, phnum, *_ = (
-        _EHDR.unpack_from(data)
+        ELF64_EHDR.unpack_from(data)
     )
     if ident[4] != _ELFCLASS64 or ident[5] != _ELFDATA2LSB:
         raise BadKernel("not a 64-bit little-endian ELF file")

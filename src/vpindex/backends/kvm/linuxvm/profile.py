@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from vpindex.backends.kvm.linuxvm.elf import ELF64_EHDR, ELF_MAGIC
+
 __all__ = [
     "MAX_SAMPLES",
     "NOT_STARTED",
@@ -48,7 +50,6 @@ USER: Final = "[user]"
 NOT_STARTED: Final = "[not started]"
 _MAX_SYMBOLS: Final = 2_000_000
 
-_EHDR: Final = struct.Struct("<16sHHIQQQIHHHHHH")
 #: sh_name sh_type sh_flags sh_addr sh_offset sh_size sh_link sh_info sh_addralign sh_entsize
 _SHDR: Final = struct.Struct("<IIQQQQIIQQ")
 #: st_name st_info st_other st_shndx st_value st_size
@@ -89,9 +90,11 @@ class KernelSymbols:
 
 
 def _read_symtab(data: bytes) -> list[tuple[int, str]]:
-    if data[:4] != b"\x7fELF" or len(data) < _EHDR.size:
+    if data[:4] != ELF_MAGIC or len(data) < ELF64_EHDR.size:
         return []
-    *_, shoff, _flags, _ehsize, _phes, _phn, shentsize, shnum, _shstrndx = _EHDR.unpack_from(data)
+    *_, shoff, _flags, _ehsize, _phes, _phn, shentsize, shnum, _shstrndx = ELF64_EHDR.unpack_from(
+        data
+    )
     if shentsize != _SHDR.size or shoff + shnum * _SHDR.size > len(data):
         return []
     sections = [_SHDR.unpack_from(data, shoff + i * _SHDR.size) for i in range(shnum)]
