@@ -1,6 +1,8 @@
-"""The KVM backend's remote-flush protocol on its own, without /dev/kvm: vCPU "threads" are
+"""The KVM backend's remote-flush protocols on their own, without /dev/kvm: vCPU "threads" are
 plain threads that serve their mailbox when kicked, the TLB flush itself is off
-(``real_tlb_flush=False``), and the engine's queues are a real Partition's."""
+(``real_tlb_flush=False``), and the engine's queues are a real Partition's. (That ``fence`` keeps
+a real guest from running on stale translations is the KVM flush suite's job, with its
+skipped-flush control.)"""
 
 from __future__ import annotations
 
@@ -8,8 +10,15 @@ import threading
 
 import pytest
 
-from vpindex.backends.kvm.errors import GuestTimeout
-from vpindex.backends.kvm.remote_flush import FlushLatch, FlushMailbox, RemoteFlush
+from vpindex.backends.kvm.errors import GuestTimeout, KvmError
+from vpindex.backends.kvm.remote_flush import (
+    CONFIRM,
+    FENCE,
+    FlushLatch,
+    FlushMailbox,
+    RemoteFlush,
+    register_fence,
+)
 from vpindex.engine import Partition
 
 N = 4
@@ -19,8 +28,10 @@ class FakeVcpus:
     """N threads standing in for vCPU threads: each waits for a kick and serves its mailbox,
     as the exit loop does after KVM_RUN returns."""
 
-    def __init__(self, partition: Partition, *, responsive: bool = True) -> None:
-        self.remote = RemoteFlush(wait_s=0.5)
+    def __init__(
+        self, partition: Partition, *, responsive: bool = True, protocol: str = CONFIRM
+    ) -> None:
+        self.remote = RemoteFlush(protocol=protocol, wait_s=0.5)
         self.kicked = [threading.Event() for _ in range(N)]
         self.kicks = [0] * N
         self.stop = threading.Event()
@@ -83,8 +94,12 @@ def _queue_full_flush(p: Partition, targets: list[int]) -> None:
         p.vcpu(t).queue_flush((), 0)
 
 
+_NO_FENCE = register_fence()
+needs_fence = pytest.mark.skipif(_NO_FENCE is not None, reason=str(_NO_FENCE))
+
+
 @pytest.mark.timeout(30)
-def test_every_target_drains_its_queue_before_the_caller_returns(partition) -> None:
+def test_confirm_every_target_drains_its_queue_before_the_caller_returns(partition) -> None:
     vcpus = FakeVcpus(partition)
     try:
         _queue_full_flush(partition, [0, 1, 2, 3])
@@ -96,8 +111,9 @@ def test_every_target_drains_its_queue_before_the_caller_returns(partition) -> N
 
 
 @pytest.mark.timeout(30)
-def test_vcpus_flushing_each_other_do_not_deadlock(partition) -> None:
-    vcpus = FakeVcpus(partition)
+@pytest.mark.parametrize("protocol", [CONFIRM, pytest.param(FENCE, marks=needs_fence)])
+def test_vcpus_flushing_each_other_do_not_deadlock(partition, protocol: str) -> None:
+    vcpus = FakeVcpus(partition, protocol=protocol)
     errors: list[BaseException] = []
 
     def caller(me: int) -> None:
@@ -117,6 +133,39 @@ def test_vcpus_flushing_each_other_do_not_deadlock(partition) -> None:
         assert not errors
     finally:
         vcpus.close()
+
+
+@needs_fence
+@pytest.mark.timeout(30)
+def test_fence_returns_without_waiting_and_each_target_drains_before_it_runs(partition) -> None:
+    """Nobody serves: ``confirm`` would time out (below); ``fence`` returns with every other
+    target kicked and a request pending, and a target drains its queue when it next serves."""
+    vcpus = FakeVcpus(partition, responsive=False, protocol=FENCE)
+    _queue_full_flush(partition, [0, 1, 2, 3])
+    vcpus.remote.flush(0, [0, 1, 2, 3])
+    assert vcpus.kicks == [0, 1, 1, 1]
+    boxes = vcpus.remote.mailboxes
+    assert [b.pending for b in boxes] == [False, True, True, True]
+    assert len(partition.vcpu(0).flushes) == 1  # the caller flushed itself already
+    assert [partition.vcpu(i).flush_pending for i in (1, 2, 3)] == [True, True, True]
+    for b in boxes[1:]:
+        b.serve()
+    assert [len(partition.vcpu(i).flushes) for i in range(N)] == [1, 1, 1, 1]
+    assert not any(b.pending for b in boxes)
+
+
+def test_an_unknown_protocol_is_refused() -> None:
+    with pytest.raises(ValueError, match="fence"):
+        RemoteFlush(protocol="hope")
+
+
+def test_asking_for_fence_where_the_host_lacks_it_is_an_error(monkeypatch) -> None:
+    import vpindex.backends.kvm.remote_flush as rf
+
+    monkeypatch.setattr(rf, "register_fence", lambda: "membarrier(2) is not available: test")
+    with pytest.raises(KvmError, match="not available"):
+        RemoteFlush(protocol=FENCE)
+    assert RemoteFlush().protocol == CONFIRM
 
 
 def test_an_ended_vcpu_confirms_at_once(partition) -> None:

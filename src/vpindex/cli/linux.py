@@ -18,6 +18,7 @@ import typer
 from vpindex.abi import MAX_VP_INDEX
 from vpindex.abi.hvflags import DEFAULT_HV_FLAGS
 from vpindex.backends.kvm.linuxvm.elf import BadKernel
+from vpindex.backends.kvm.remote_flush import FLUSH_PROTOCOLS
 from vpindex.backends.linux.build import (
     DEFAULT_TIMEOUT_S,
     BuildError,
@@ -243,6 +244,17 @@ def run(
             "functions per boot phase.",
         ),
     ] = None,
+    flush_protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--remote-flush",
+            parser=choice(FLUSH_PROTOCOLS, "--remote-flush"),
+            metavar="NAME",
+            help="What a PV flush waits for before it returns: fence (targets out of guest "
+            "mode, via membarrier; the default where the host has it) or confirm (each "
+            "target's VMM thread has flushed).",
+        ),
+    ] = None,
     stock: Annotated[
         bool,
         typer.Option(
@@ -317,6 +329,7 @@ def run(
         acpi=acpi or stock,
         stock=stock,
         profile_ms=profile_ms,
+        flush_protocol=flush_protocol,
     )
     try:
         passed, report = run_linux(request)

@@ -27,7 +27,9 @@ class Platform(Protocol):
 
     def flush_tlbs(self, caller: int, targets: Sequence[int]) -> None:
         """Make every target call ``VcpuState.apply_flushes()`` and really flush its TLB before
-        it next runs guest code; return only when all have. ``caller`` may be a target."""
+        it next runs guest code; return only when no target can run guest code before it has
+        (a VMM may wait for each target to flush, or only until each is out of guest mode with
+        its flush pending). ``caller`` may be a target."""
 
     def hypercall_page_enabled(self, vcpu: int, gpa: int) -> None:
         """The guest enabled HV_X64_MSR_HYPERCALL with its page at ``gpa``: write the stub the

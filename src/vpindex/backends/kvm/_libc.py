@@ -1,4 +1,4 @@
-"""The raw ``ioctl(2)`` through ctypes.
+"""The raw ``ioctl(2)`` and ``membarrier(2)`` through ctypes.
 
 ``fcntl.ioctl`` retries on EINTR (PEP 475), which would swallow the kick that must bring a vCPU
 thread out of KVM_RUN, and it returns the buffer instead of the int result for buffer arguments
@@ -12,12 +12,16 @@ import os
 
 from vpindex.backends.kvm.errors import IoctlError
 
-__all__ = ["ioctl", "ioctl_raw", "request_name"]
+__all__ = ["ioctl", "ioctl_raw", "membarrier", "request_name"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
 _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _ioctl.restype = ctypes.c_int
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+#: ``__NR_membarrier`` on x86-64 (arch/x86/entry/syscalls/syscall_64.tbl); glibc has no wrapper.
+_SYS_MEMBARRIER = 324
 
 
 def ioctl_raw(fd: int, request: int, arg: int | None = 0) -> tuple[int, int]:
@@ -44,3 +48,13 @@ def request_name(request: int) -> str:
     number in hex for a plain int."""
     name = getattr(request, "name", None)
     return f"KVM_{name}" if isinstance(name, str) else hex(request)
+
+
+def membarrier(cmd: int) -> tuple[int, int]:
+    """``membarrier(cmd, 0, 0)`` once; return ``(result, errno)`` (errno 0 on success)."""
+    r = _syscall(
+        ctypes.c_long(_SYS_MEMBARRIER), ctypes.c_int(cmd), ctypes.c_uint(0), ctypes.c_int(0)
+    )
+    if r < 0:
+        return r, ctypes.get_errno()
+    return int(r), 0

@@ -38,6 +38,8 @@ class Machine:
     off for long suite runs; per-call VMM serving times are kept in ``VcpuThread.serve_ns``).
     ``real_tlb_flush=False`` is a diagnostic: remote flushes still kick the targets and drain the
     engine's queues but skip the TLB flush itself, which the flush suite must then detect.
+    ``flush_protocol``: what a remote flush waits for (:data:`.remote_flush.FLUSH_PROTOCOLS`;
+    default: ``fence`` where the host has it).
     Raises KvmUnavailable when /dev/kvm cannot serve it and KvmError when setup fails.
     """
 
@@ -52,6 +54,7 @@ class Machine:
         window_pages: Mapping[int, int] | None = None,
         real_tlb_flush: bool = True,
         log_events: bool = False,
+        flush_protocol: str | None = None,
     ) -> None:
         if not 1 <= vcpus <= layout.MAX_VCPUS:
             raise ValueError(f"vcpus must be in [1, {layout.MAX_VCPUS}], got {vcpus}")
@@ -68,7 +71,7 @@ class Machine:
             self.vm.create_irqchip()
             self.vm.enable_x2apic_ids()
             self.vm.route_msrs_to_userspace(*MSR_RANGE)
-            self.remote_flush = RemoteFlush()
+            self.remote_flush = RemoteFlush(protocol=flush_protocol)
             self.platform = KvmPlatform(self.vm, self.remote_flush, lambda: self.partition.memory)
             self.partition = Partition(
                 vcpus,

@@ -110,6 +110,8 @@ class LinuxRun:
     #: the kernel is the stock distribution kernel (``vpindex linux fetch``): ACPI tables, the
     #: stock command-line words (``cmdline.STOCK_WORDS``) and the host's wider feature hiding
     stock: bool = False
+    #: what a remote flush waits for (``remote_flush.FLUSH_PROTOCOLS``); None: the default
+    flush_protocol: str | None = None
 
 
 def _code_key(code: int) -> str:
@@ -313,6 +315,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         acpi=req.acpi or req.stock,
         profile_interval=req.profile_ms / 1000 if req.profile_ms is not None else None,
         console_sink=req.console_sink,
+        flush_protocol=req.flush_protocol,
         snapshot_lines={
             "start": re.compile(re.escape(f"{PROGRESS_MARKER} init started".encode())),
             "report": re.compile(re.escape(f"{REPORT_MARKER} 1/".encode())),
@@ -343,6 +346,7 @@ def run_linux(req: LinuxRun) -> tuple[bool, dict[str, Any]]:
         "hyperv": req.hv is not None,
         "hv_flags": list(req.hv.flags) if req.hv is not None else [],
         "control": req.control,
+        "flush_protocol": boot.flush_protocol,
         "memory_mib": req.memory_mib,
         "cmdline": cmdline,
         "reached_init": "init" in times,

@@ -110,6 +110,8 @@ class BootSpec:
     snapshot_lines: dict[str, re.Pattern[bytes]] = field(default_factory=dict)
     #: seconds between profile samples (see ``profile``), or None for no profiling
     profile_interval: float | None = None
+    #: what a remote flush waits for (``remote_flush.FLUSH_PROTOCOLS``); None: the default
+    flush_protocol: str | None = None
 
 
 @dataclass
@@ -146,6 +148,8 @@ class BootResult:
     unclaimed_ports: dict[str, int] = field(default_factory=dict)
     #: the profiler's samples when ``BootSpec.profile_interval`` was set
     sampler: Sampler | None = None
+    #: the remote-flush protocol the machine used (``remote_flush.FLUSH_PROTOCOLS``)
+    flush_protocol: str = ""
 
 
 class _IrqLevel(ctypes.Structure):
@@ -189,11 +193,13 @@ class _LinuxVm:
             vp_indexes=dict(enumerate(spec.vp_indexes)),
             features=features,
             log_events=spec.trace,
+            flush_protocol=spec.flush_protocol,
         )
         extra = {_SNAPSHOT + name: p for name, p in spec.snapshot_lines.items()}
         console = Console(spec.console_sink, self._milestone, extra)
         self.result = BootResult("", None, console, 0.0)
         r = self.result
+        r.flush_protocol = m.remote_flush.protocol
         r.ipis_sent = [Counter() for _ in range(spec.vcpus)]
         r.ipis_delivered = [Counter() for _ in range(spec.vcpus)]
         r.serve_ns = {code: [] for code in CALL_CODES}
