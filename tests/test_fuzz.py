@@ -39,13 +39,19 @@ def _fuzz(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
     return proc.stdout
 
 
+_OVERSHOOT = 50
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_target_runs_clean(target: str, tmp_path: Path) -> None:
     seeds = sorted(p.name for p in seed_dir(target).iterdir())
     out = _fuzz(target, "--runs", str(RUNS), "--artifacts", str(tmp_path / "art"), cwd=tmp_path)
     line = out.strip().splitlines()[-1]
     assert line.startswith(target) and line.endswith("ok"), out
-    assert f"runs {RUNS:>9}" in line
+    # libFuzzer checks -runs between executions, not before each one: it can overshoot by a
+    # few (2003 for 2000 was seen once), never stop short.
+    runs = int(line.split()[2])
+    assert RUNS <= runs < RUNS + _OVERSHOOT, line
     assert sorted(p.name for p in seed_dir(target).iterdir()) == seeds  # never written to
     assert not (tmp_path / "art").exists()  # no finding, no artifact directory
 

@@ -146,6 +146,14 @@ def _interrupts(boot: BootResult, report: InitReport | None, vcpus: int) -> dict
         "vmm_ipis_sent": [sum(c.values()) for c in boot.ipis_sent],
         "vmm_ipis_delivered": [sum(c.values()) for c in boot.ipis_delivered],
     }
+    start, end = boot.ipis_at.get("start"), boot.ipis_at.get("report")
+    if start is not None and end is not None:
+        # what the engine addressed to each vCPU between /init's start and report lines, by
+        # vector (0xfb call-function-single, 0xfc call-function, 0xfd reschedule in Linux)
+        vectors = sorted({v for counts in end for v in counts})
+        out["vmm_ipis_workload_by_vector"] = {
+            f"{v:#04x}": [end[c][v] - start[c][v] for c in range(vcpus)] for v in vectors
+        }
     if report is not None:
         out["guest"] = report.as_json()["interrupts"]
         out["guest_tlb_shootdowns"] = list(report.interrupt_delta("TLB"))
