@@ -99,6 +99,10 @@ class ExitTable:
     #: called on the vCPU's own thread each time a kick brought it out of KVM_RUN, after its
     #: flush mailbox was served (for work that must run on that thread, e.g. vCPU ioctls)
     on_kick: Callable[[VcpuThread], None] | None = None
+    #: reads ``length`` guest bytes at a virtual address the way the vCPU sees them (None when
+    #: unmapped), for error reports; unset, addresses are read as physical (the project's own
+    #: guests map memory 1:1)
+    code_at: Callable[[Vcpu, int, int], bytes | None] | None = None
 
 
 def contract_exits() -> ExitTable:
@@ -293,8 +297,12 @@ def describe_exit(cpu: VcpuThread, reason: int, what: str = "") -> str:
     except ValueError:
         name = f"exit reason {reason}"
     rip, _ = vcpu.rip_rflags()
-    mem = cpu.host.vm.memory
-    insn = bytes(mem[rip : rip + _INSN_BYTES]) if rip + _INSN_BYTES <= len(mem) else b""
+    code_at = cpu.host.exits.code_at
+    if code_at is not None:
+        insn = code_at(vcpu, rip, _INSN_BYTES) or b""
+    else:
+        mem = cpu.host.vm.memory
+        insn = bytes(mem[rip : rip + _INSN_BYTES]) if rip + _INSN_BYTES <= len(mem) else b""
     detail = what
     if reason == ExitReason.INTERNAL_ERROR:
         suberror = int.from_bytes(vcpu.exit_union(4), "little")
@@ -310,5 +318,5 @@ def describe_exit(cpu: VcpuThread, reason: int, what: str = "") -> str:
     return (
         f"guest fault on vCPU {cpu.index}: KVM_EXIT_{name} ({detail}) at RIP {rip:#x}, "
         f"RSP {vcpu.sync_reg('rsp'):#x}, CPL {vcpu.cpl()}, "
-        f"bytes {insn.hex(' ') or 'outside RAM'}"
+        f"bytes {insn.hex(' ') or 'unmapped'}"
     )

@@ -11,9 +11,14 @@ it never fires, and every firing is counted in :attr:`HostFixes.counts` (reporte
     while patching text): KVM_EXIT_INTERNAL_ERROR (emulation). The VMM delivers #BP itself
     through the guest's IDT: it pushes the interrupt frame on the current (or IST) stack and
     jumps to the handler, as the CPU would.
-``int3-stale-fetch``
-    While one vCPU patches kernel text through a temporary INT3, another vCPU's emulator can
-    fail on the INT3 although memory already holds the finished instruction: re-enter unchanged.
+``stale-fetch``
+    While one vCPU patches kernel text (``text_poke_bp``: a temporary INT3, then the new
+    bytes, then the new first byte), another vCPU's emulator can fetch a transient mix of old,
+    new and INT3 bytes and fail on it although memory already holds the finished instruction.
+    When the bytes KVM reports it fetched differ from what memory now holds at RIP (read
+    through the guest's page tables), re-enter unchanged: the next fetch sees the finished
+    instruction (what the kernel's own INT3 handler would also do). A failure on bytes that
+    memory still holds is reported, not retried.
 ``fwait-at-cpl0``
     The emulator cannot execute FWAIT at CPL0 (``fpu__drop``): skip the one-byte instruction,
     which has nothing to wait for.
@@ -76,13 +81,14 @@ __all__ = [
     "HIDE_FEATURES_WORDS",
     "STOCK_HIDDEN_FEATURES",
     "HostFixes",
+    "emulated_bytes",
     "hide_features_words",
 ]
 
 #: Every workaround, by the name it is counted under.
 FIX_NAMES: Final = (
     "int3-at-cpl0",
-    "int3-stale-fetch",
+    "stale-fetch",
     "fwait-at-cpl0",
     "syscall-at-cpl3",
     "kvm-run-eagain",
@@ -132,6 +138,8 @@ def hide_features_words(features: tuple[str, ...] = HIDDEN_FEATURES) -> tuple[st
 HIDE_FEATURES_WORDS: Final = hide_features_words()
 
 _INT3, _FWAIT = 0xCC, 0x9B
+#: KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES; the longest x86 instruction
+_EMULATION_FLAG_INSN_BYTES, _INSN_BYTES_MAX = 1, 15
 _BP_VECTOR, _PF_VECTOR = 3, 14
 _GATE: Final = struct.Struct("<HHBBHII")
 _GATE_INTERRUPT: Final = 0xE
@@ -178,6 +186,19 @@ def _read_msrs(vcpu: Vcpu, *indexes: int) -> list[int]:
     return [int(buf.entries[i].data) for i in range(len(indexes))]
 
 
+def emulated_bytes(vcpu: Vcpu) -> bytes:
+    """The instruction bytes KVM's emulator fetched, from the exit of a failed emulation
+    (``kvm_run.internal``: suberror, ndata, then data[] = flags, insn_size, 16 insn bytes when
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES is set); empty when KVM gave none."""
+    raw = vcpu.exit_union(8 + 8 * 4)
+    ndata = int.from_bytes(raw[4:8], "little")
+    flags = int.from_bytes(raw[8:16], "little")
+    size = min(int.from_bytes(raw[16:24], "little"), _INSN_BYTES_MAX)
+    if ndata < 3 or not flags & _EMULATION_FLAG_INSN_BYTES:
+        return b""
+    return raw[24 : 24 + size]
+
+
 class HostFixes:
     """The workarounds for one VM. Methods run on the faulting vCPU's own thread."""
 
@@ -221,16 +242,17 @@ class HostFixes:
             except UnmappedAddress:
                 return None
             return self._count("int3-at-cpl0")
-        if self._failed_on_int3(vcpu):
-            return self._count("int3-stale-fetch")  # memory already holds the new instruction
+        fetched = emulated_bytes(vcpu)
+        if fetched and self.code_at(vcpu, rip, len(fetched)) not in (fetched, None):
+            return self._count("stale-fetch")  # memory already holds another instruction
         return None
 
-    @staticmethod
-    def _failed_on_int3(vcpu: Vcpu) -> bool:
-        # kvm_run.internal.data: [flags, insn_size, insn bytes...] when KVM reports the bytes
-        raw = vcpu.exit_union(8 + 8 * 4)
-        ndata = int.from_bytes(raw[4:8], "little")
-        return ndata >= 3 and int.from_bytes(raw[16:24], "little") > 0 and raw[24] == _INT3
+    def code_at(self, vcpu: Vcpu, gva: int, length: int) -> bytes | None:
+        """``length`` bytes at ``gva`` through the vCPU's page tables (None when unmapped)."""
+        try:
+            return self._view(vcpu).read(gva, length)
+        except UnmappedAddress:
+            return None
 
     def _deliver_breakpoint(self, view: GuestVirtual, vcpu: Vcpu, rip: int) -> None:
         handler, _sel, ist, kind = self._gate(view, vcpu, _BP_VECTOR)

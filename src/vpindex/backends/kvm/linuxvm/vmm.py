@@ -37,7 +37,7 @@ from vpindex.backends.kvm._libc import ioctl
 from vpindex.backends.kvm.contract import HYPERCALL_PORT
 from vpindex.backends.kvm.errors import GuestError, GuestTimeout, KvmError
 from vpindex.backends.kvm.exits import VcpuThread, describe_exit
-from vpindex.backends.kvm.host_fixes import HostFixes
+from vpindex.backends.kvm.host_fixes import HostFixes, emulated_bytes
 from vpindex.backends.kvm.ioctls import PIT_SPEAKER_DUMMY, ExitReason, LinuxIoctl, MpState
 from vpindex.backends.kvm.linuxvm.acpi import ACPI_GPA, acpi_tables
 from vpindex.backends.kvm.linuxvm.bootparams import LOW_RAM_END, boot_params, memory_map
@@ -281,6 +281,7 @@ class _LinuxVm:
             table.msrs[HV_MSR_TSC_FREQUENCY] = self._msr_frequency
             table.msrs[HV_MSR_APIC_FREQUENCY] = self._msr_frequency
         table.on_kick = self._on_kick
+        table.code_at = self.fixes.code_at
         # Count what the engine sends where (and misroute one IPI for the control).
         platform = m.platform
         self._deliver = platform.deliver_ipi
@@ -390,8 +391,12 @@ class _LinuxVm:
         return False
 
     def _on_internal_error(self, cpu: VcpuThread) -> bool:
-        if self.fixes.on_emulation_failure(cpu.vcpu) is None:
-            raise GuestError(describe_exit(cpu, ExitReason.INTERNAL_ERROR))
+        vcpu = cpu.vcpu
+        if self.fixes.on_emulation_failure(vcpu) is None:
+            fetched = emulated_bytes(vcpu).hex(" ") or "bytes KVM does not report"
+            raise GuestError(
+                f"{describe_exit(cpu, ExitReason.INTERNAL_ERROR)}; the emulator fetched {fetched}"
+            )
         return False
 
     def _on_debug(self, cpu: VcpuThread) -> bool:
