@@ -21,6 +21,10 @@ Configurations (:data:`CONFIGS`):
 ``pv-confirm`` the same with ``--remote-flush confirm``.
 ``pv-flush``   ``timed`` plus PV TLB flush only (native IPIs).
 ``pv-ipi``     ``timed`` plus PV IPI only (native shootdowns).
+``*-nohz-off`` ``timed`` and ``pv`` with ``nohz=off``: a periodic tick on every CPU, so no
+               idle-balance kick IPIs (see docs/LINUX.md, "PV against native").
+
+``--hogs N`` runs N busy-loop processes for the whole measurement: a reproducible load.
 
 Each round runs every configuration once, in an order rotated by one per round. Each boot's
 JSON (with the load average before and after it) goes to ``--out`` as one line; a Markdown
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +53,8 @@ CONFIGS: Final[dict[str, list[str]]] = {
     "pv-confirm": ["--remote-flush", "confirm"],
     "pv-flush": ["--hv", f"hv-tlbflush,hv-tlbflush-ext,{_TIMING}"],
     "pv-ipi": ["--hv", f"hv-ipi,{_TIMING}"],
+    "timed-nohz-off": ["--hv", _TIMING, "--append", "nohz=off"],
+    "pv-nohz-off": ["--append", "nohz=off"],
 }
 _ROWS: Final = ("CAL", "TLB", "LOC")
 
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS), help=",".join(CONFIGS))
     p.add_argument("--vcpus", type=int, default=4, choices=(2, 4, 8))
     p.add_argument("--rounds", type=int, default=2, help="runs of every configuration")
+    p.add_argument("--hogs", type=int, default=0, help="busy-loop processes beside (0..8)")
     p.add_argument("--timeout", type=float, default=900.0, help="--timeout of each boot")
     p.add_argument("--out", type=Path, help="append each boot's JSON here, one line each")
     p.add_argument("extra", nargs="*", help="more `vpindex linux run` options (after --)")
@@ -121,15 +129,30 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--configs: unknown {name!r} (known: {', '.join(CONFIGS)})")
     if not 1 <= args.rounds <= 20:
         p.error(f"--rounds: {args.rounds} is not in 1..20")
+    if not 0 <= args.hogs <= 8:
+        p.error(f"--hogs: {args.hogs} is not in 0..8")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
+    try:
+        results = _measure(args.vcpus, configs, args.rounds, args.timeout, args.extra, args.out)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    print(table(results, configs))
+    return 0 if all(r.get("passed") for r in results) else 1
+
+
+def _measure(
+    vcpus: int, configs: list[str], rounds: int, timeout: float, extra: list[str], out: Path | None
+) -> list[dict[str, Any]]:
     results = []
-    for rnd in range(args.rounds):
+    for rnd in range(rounds):
         k = rnd % len(configs)
         for name in configs[k:] + configs[:k]:
-            r = run_one(args.vcpus, "identity", args.timeout, [*CONFIGS[name], *args.extra])
+            r = run_one(vcpus, "identity", timeout, [*CONFIGS[name], *extra])
             r.update(config=name, round=rnd)
             results.append(r)
-            if args.out is not None:
-                with args.out.open("a") as f:
+            if out is not None:
+                with out.open("a") as f:
                     f.write(json.dumps(r) + "\n")
             ms = _per_iteration_ms(r)
             print(
@@ -139,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    print(table(results, configs))
-    return 0 if all(r.get("passed") for r in results) else 1
+    return results
 
 
 if __name__ == "__main__":
