@@ -11,6 +11,9 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_STRATEGY",
+    "FLUSH_CONFIRM",
+    "FLUSH_FENCE",
+    "FLUSH_PROTOCOLS",
     "KVM_GUEST_MEMORY_MIB",
     "KVM_GUEST_TIMEOUT_S",
     "KVM_GUEST_VCPUS",
@@ -69,3 +72,10 @@ LINUX_TIMEOUT_S: Final = 300.0
 #: minutes to reach /init on a software-virtualising host.
 LINUX_STOCK_MEMORY_MIB: Final = 128
 LINUX_STOCK_TIMEOUT_S: Final = 2400.0
+
+#: The KVM backend's remote-flush protocols (what a PV flush waits for before it returns; see
+#: ``vpindex.backends.kvm.remote_flush``). With no choice, ``fence`` is used where the host
+#: has membarrier(2) and ``confirm`` elsewhere.
+FLUSH_FENCE: Final = "fence"
+FLUSH_CONFIRM: Final = "confirm"
+FLUSH_PROTOCOLS: Final = (FLUSH_FENCE, FLUSH_CONFIRM)

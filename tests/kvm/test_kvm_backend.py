@@ -179,6 +179,18 @@ def test_flush_suite_detects_a_kick_without_tlb_flush() -> None:
     assert sum(1 for c in flushes if c.details["stale_reads"] > 0) >= len(flushes) // 2
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("protocol", ["fence", "confirm"])
+def test_both_remote_flush_protocols_pass_the_flush_scenario(protocol: str) -> None:
+    """Each protocol serves every flush case with no stale read (the skipped-flush diagnostic
+    above is the control that stale reads would show), and the report names the protocol."""
+    report = run_suite(scenario="flush", iterations=3, flush_protocol=protocol)
+    assert report.ok, [c.name for c in report.cases if not c.passed]
+    assert report.extra["flush_protocol"] == protocol
+    flushes = [c for c in report.cases if c.name.startswith("flush/flush-")]
+    assert len(flushes) == 20 and all(c.details["stale_reads"] == 0 for c in flushes)
+
+
 def test_every_backend_error_is_a_kvm_error() -> None:
     from vpindex.backends.kvm import IoctlError
 

@@ -18,7 +18,6 @@ import typer
 from vpindex.abi import MAX_VP_INDEX
 from vpindex.abi.hvflags import DEFAULT_HV_FLAGS
 from vpindex.backends.kvm.linuxvm.elf import BadKernel
-from vpindex.backends.kvm.remote_flush import FLUSH_PROTOCOLS
 from vpindex.backends.linux.build import (
     DEFAULT_TIMEOUT_S,
     BuildError,
@@ -47,6 +46,7 @@ from vpindex.cli.limits import (
 )
 from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
 from vpindex.defaults import (
+    FLUSH_PROTOCOLS,
     LINUX_MEMORY_MIB,
     LINUX_STOCK_MEMORY_MIB,
     LINUX_STOCK_TIMEOUT_S,

@@ -40,6 +40,7 @@ from vpindex.cli.progress import progress
 from vpindex.cli.render import render_report
 from vpindex.defaults import (
     DEFAULT_STRATEGY,
+    FLUSH_PROTOCOLS,
     KVM_GUEST_MEMORY_MIB,
     KVM_GUEST_TIMEOUT_S,
     KVM_GUEST_VCPUS,
@@ -90,6 +91,7 @@ _KVM_ONLY: Final = {
     "memory": "--memory",
     "timeout": "--timeout",
     "hv": "--hv",
+    "flush_protocol": "--remote-flush",
 }
 
 
@@ -118,6 +120,7 @@ class RunRequest:
     memory: int | None = None
     timeout: float | None = None
     hv: str | None = None
+    flush_protocol: str | None = None
 
     @property
     def n_vcpus(self) -> int | None:
@@ -194,6 +197,8 @@ def _check_kvm(req: RunRequest) -> None:
             bad_option("--hv", f"{req.hv}: {err}")
         if not selection.has("hv-vpindex"):
             bad_option("--hv", f"{req.hv}: the suite's guest reads its VP index: add hv-vpindex")
+    if req.flush_protocol is not None and (req.guest is not None or req.scenario == "scale"):
+        bad_option("--remote-flush", "used only with the suite's scenarios (not --guest or scale)")
     if req.guest is not None:
         if req.scenario is not None or req.iterations is not None:
             option = "--scenario" if req.scenario is not None else "--iterations"
@@ -253,6 +258,7 @@ def _run_kvm(req: RunRequest) -> RunReport:
             timeout=req.timeout if req.timeout is not None else KVM_SUITE_TIMEOUT_S,
             progress=bar.step,
             hv=parse_hv_flags(req.hv) if req.hv is not None else None,
+            flush_protocol=req.flush_protocol,
         )
 
 
@@ -432,6 +438,16 @@ def run(
             "ACCESS_DENIED.",
         ),
     ] = None,
+    flush_protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--remote-flush",
+            parser=choice(FLUSH_PROTOCOLS, "--remote-flush"),
+            metavar="NAME",
+            help="kvm: what a flush waits for: fence (targets out of guest mode; the default "
+            "where the host has membarrier) or confirm (each target's thread has flushed).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a partition whose vCPUs issue the PV TLB-flush and PV IPI hypercalls; verify every
@@ -440,6 +456,7 @@ def run(
         "mapping": mapping, "workload": workload, "calls": calls, "seed": seed,
         "trace_out": trace_out, "scenario": scenario, "iterations": iterations, "guest": guest,
         "entry": entry, "memory": memory, "timeout": timeout, "hv": hv,
+        "flush_protocol": flush_protocol,
     }  # fmt: skip
     vps = parse_vp_indexes(vp_indexes) if vp_indexes is not None else None
     if vcpus is not None and vps is not None and len(vps) != vcpus:

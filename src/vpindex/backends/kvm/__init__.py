@@ -97,19 +97,22 @@ def run_suite(
     timeout: float = KVM_SUITE_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
     hv: HvSelection | None = None,
+    flush_protocol: str | None = None,
 ) -> RunReport:
     """Run the selftest-equivalent suite (``ipi``, ``flush``, ``vpindex`` or ``all``) on real
     VMs: sender vCPU 0 and receivers/workers with VP indexes 2 and 65 by default. ``hv``
     (QEMU-style ``hv-*`` flags, :func:`vpindex.abi.hvflags.parse_hv_flags`) limits the
     partition's features (default: every feature): the cases those grant must succeed and the
     calls they do not grant must be refused with HV_STATUS_ACCESS_DENIED
-    (:func:`vpindex.backends.kvm.runner.granted`).
-    Raises KvmError for host-side problems (no usable /dev/kvm, guest fault, timeout)."""
+    (:func:`vpindex.backends.kvm.runner.granted`). ``flush_protocol``: what a remote flush
+    waits for (:data:`vpindex.defaults.FLUSH_PROTOCOLS`; None: ``fence`` where the host has
+    it). Raises KvmError for host-side problems (no usable /dev/kvm, guest fault, timeout)."""
     from vpindex.backends.kvm.runner import run_suite_impl
 
     return run_suite_impl(
         vcpus=vcpus, vp_indexes=vp_indexes, scenario=scenario, iterations=iterations,
         strategy=strategy, timeout=timeout, progress=progress, hv=hv,
+        flush_protocol=flush_protocol,
     )  # fmt: skip
 
 

@@ -38,7 +38,7 @@ class Machine:
     off for long suite runs; per-call VMM serving times are kept in ``VcpuThread.serve_ns``).
     ``real_tlb_flush=False`` is a diagnostic: remote flushes still kick the targets and drain the
     engine's queues but skip the TLB flush itself, which the flush suite must then detect.
-    ``flush_protocol``: what a remote flush waits for (:data:`.remote_flush.FLUSH_PROTOCOLS`;
+    ``flush_protocol``: what a remote flush waits for (:data:`vpindex.defaults.FLUSH_PROTOCOLS`;
     default: ``fence`` where the host has it).
     Raises KvmUnavailable when /dev/kvm cannot serve it and KvmError when setup fails.
     """

@@ -44,6 +44,7 @@ from typing import Final
 from vpindex.backends.kvm._libc import membarrier
 from vpindex.backends.kvm.errors import GuestTimeout, KvmError
 from vpindex.backends.kvm.vcpu import Vcpu
+from vpindex.defaults import FLUSH_CONFIRM, FLUSH_FENCE, FLUSH_PROTOCOLS
 from vpindex.engine import VcpuState
 
 __all__ = [
@@ -57,10 +58,8 @@ __all__ = [
     "flush_own_tlb",
 ]
 
-FENCE: Final = "fence"
-CONFIRM: Final = "confirm"
 #: What a remote flush waits for before the hypercall returns (see the module docstring).
-FLUSH_PROTOCOLS: Final = (FENCE, CONFIRM)
+FENCE, CONFIRM = FLUSH_FENCE, FLUSH_CONFIRM
 # <linux/membarrier.h>
 _MEMBARRIER_CMD_QUERY: Final = 0
 _MEMBARRIER_CMD_PRIVATE_EXPEDITED: Final = 1 << 3

@@ -18,6 +18,7 @@ from vpindex.abi import (
 from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.errors import KvmError
 from vpindex.backends.kvm.guests.suite_layout import Kind, Map
+from vpindex.backends.kvm.remote_flush import default_flush_protocol
 from vpindex.backends.kvm.suite_machine import (
     CaseSpec,
     SenderPlan,
@@ -110,6 +111,7 @@ def run_ipi(
     strategy: str,
     timeout: float,
     features: Features = _ALL_FEATURES,
+    flush_protocol: str | None = None,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
     """IPI scenario: vCPU 0 sends, every other vCPU idles in HLT and counts vector 0xfe. The
     same VM also times the SPACE flush calls against these halted vCPUs
@@ -123,7 +125,7 @@ def run_ipi(
     roles = ["sender"] + ["idle"] * (vcpus - 1)
     sm = SuiteMachine(
         vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy,
-        features=features,
+        features=features, flush_protocol=flush_protocol,
     )  # fmt: skip
     try:
         sm.run(timeout)
@@ -152,9 +154,11 @@ def run_flush(
     control: bool = True,
     real_tlb_flush: bool = True,
     features: Features = _ALL_FEATURES,
+    flush_protocol: str | None = None,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
     """Flush scenario: vCPU 0 swaps the test PTE and flushes; all others read at CPL3.
-    ``real_tlb_flush=False`` (diagnostic) skips the targets' TLB flush to show it is needed."""
+    ``real_tlb_flush=False`` (diagnostic) skips the targets' TLB flush to show it is needed;
+    ``flush_protocol``: :data:`.remote_flush.FLUSH_PROTOCOLS` (None: the default)."""
     vp_to_cpu = _check_layout(vcpus, vp_indexes)
     workers = frozenset(range(1, vcpus))
     cases = granted([bare_case(), *flush_cases(vp_to_cpu, workers)], features)
@@ -170,6 +174,7 @@ def run_flush(
         strategy=strategy,
         real_tlb_flush=real_tlb_flush,
         features=features,
+        flush_protocol=flush_protocol,
     )
     try:
         sm.run(timeout)
@@ -255,6 +260,7 @@ def run_suite_impl(
     timeout: float,
     progress: Progress,
     hv: HvSelection | None = None,
+    flush_protocol: str | None = None,
 ) -> RunReport:
     """See :func:`vpindex.backends.kvm.run_suite`."""
     features = Features.all() if hv is None else hv.features
@@ -282,9 +288,14 @@ def run_suite_impl(
         if progress:
             progress(f"kvm: {name} scenario on {vcpus} vCPUs, {iterations} iterations")
         if name == "ipi":
-            cases, figures = run_ipi(vcpus, vps, iterations, strategy, left, features)
+            cases, figures = run_ipi(
+                vcpus, vps, iterations, strategy, left, features, flush_protocol=flush_protocol
+            )
         elif name == "flush":
-            cases, figures = run_flush(vcpus, vps, iterations, strategy, left, features=features)
+            cases, figures = run_flush(
+                vcpus, vps, iterations, strategy, left, features=features,
+                flush_protocol=flush_protocol,
+            )  # fmt: skip
         else:
             cases, figures = run_vpindex(vcpus, vps, strategy, left, features)
         report.cases.extend(cases)
@@ -307,6 +318,7 @@ def run_suite_impl(
         report.extra.setdefault("scenarios", {})[name] = figures
     if hv is not None:
         report.extra["hv_flags"] = list(hv.flags)
+    report.extra["flush_protocol"] = flush_protocol or default_flush_protocol()
     report.latency_us = percentiles(pools["ipi"] + pools["flush"] + pools["flush_to_halted"])
     report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items() if v}
     report.extra.update(mix.to_extra())

@@ -143,12 +143,13 @@ class SuiteMachine:
         strategy: str = DEFAULT_STRATEGY,
         real_tlb_flush: bool = True,
         features: Features | None = None,
+        flush_protocol: str | None = None,
     ) -> None:
         self.program = build_program()
         self.machine = Machine(
             vcpus=vcpus, memory_size=Map.MEMORY, strategy=strategy,
             vp_indexes=dict(enumerate(vp_indexes)), window_pages={0: Map.PAGE_A},
-            real_tlb_flush=real_tlb_flush, features=features,
+            real_tlb_flush=real_tlb_flush, features=features, flush_protocol=flush_protocol,
         )  # fmt: skip
         self.vp_indexes = list(vp_indexes)
         self.plans = list(plans)
