@@ -44,9 +44,8 @@ from vpindex.cli.limits import (
     MIN_LINUX_MEMORY_MIB,
     MIN_PROFILE_MS,
 )
-from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes
+from vpindex.cli.parsing import choice, float_in, int_in, parse_vp_indexes, remote_flush_option
 from vpindex.defaults import (
-    FLUSH_PROTOCOLS,
     LINUX_MEMORY_MIB,
     LINUX_STOCK_MEMORY_MIB,
     LINUX_STOCK_TIMEOUT_S,
@@ -244,17 +243,7 @@ def run(
             "functions per boot phase.",
         ),
     ] = None,
-    flush_protocol: Annotated[
-        str | None,
-        typer.Option(
-            "--remote-flush",
-            parser=choice(FLUSH_PROTOCOLS, "--remote-flush"),
-            metavar="NAME",
-            help="What a PV flush waits for before it returns: fence (targets out of guest "
-            "mode, via membarrier; the default where the host has it) or confirm (each "
-            "target's VMM thread has flushed).",
-        ),
-    ] = None,
+    flush_protocol: Annotated[str | None, remote_flush_option()] = None,
     stock: Annotated[
         bool,
         typer.Option(

@@ -5,11 +5,23 @@ and quoting the value."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import typer
 
 from vpindex.abi import MAX_VP_INDEX
 from vpindex.cli.errors import bad_option, printable
+from vpindex.defaults import FLUSH_PROTOCOLS
 
-__all__ = ["choice", "float_in", "int_in", "parse_int", "parse_int_list", "parse_vp_indexes"]
+__all__ = [
+    "choice",
+    "float_in",
+    "int_in",
+    "parse_int",
+    "parse_int_list",
+    "parse_vp_indexes",
+    "remote_flush_option",
+]
 
 
 def parse_int(text: str, option: str) -> int:
@@ -101,3 +113,19 @@ def float_in(lo: float, hi: float, option: str) -> Callable[[str | float], float
         return x
 
     return parse
+
+
+def remote_flush_option(prefix: str = "") -> Any:
+    """``--remote-flush NAME``: the KVM backend's remote-flush protocol, one of
+    :data:`vpindex.defaults.FLUSH_PROTOCOLS` (the same option on every command that has it)."""
+    text = (
+        "what a PV flush waits for before it returns: fence (every target out of guest mode, "
+        "via membarrier; the default where the host has it) or confirm (each target's VMM "
+        "thread has flushed)."
+    )
+    return typer.Option(
+        "--remote-flush",
+        parser=choice(FLUSH_PROTOCOLS, "--remote-flush"),
+        metavar="NAME",
+        help=f"{prefix}{text}" if prefix else text[0].upper() + text[1:],
+    )

@@ -35,12 +35,18 @@ from vpindex.cli.limits import (
     MAX_TIMEOUT_S,
     MIN_GUEST_MEMORY_MIB,
 )
-from vpindex.cli.parsing import choice, float_in, int_in, parse_int, parse_vp_indexes
+from vpindex.cli.parsing import (
+    choice,
+    float_in,
+    int_in,
+    parse_int,
+    parse_vp_indexes,
+    remote_flush_option,
+)
 from vpindex.cli.progress import progress
 from vpindex.cli.render import render_report
 from vpindex.defaults import (
     DEFAULT_STRATEGY,
-    FLUSH_PROTOCOLS,
     KVM_GUEST_MEMORY_MIB,
     KVM_GUEST_TIMEOUT_S,
     KVM_GUEST_VCPUS,
@@ -438,16 +444,7 @@ def run(
             "ACCESS_DENIED.",
         ),
     ] = None,
-    flush_protocol: Annotated[
-        str | None,
-        typer.Option(
-            "--remote-flush",
-            parser=choice(FLUSH_PROTOCOLS, "--remote-flush"),
-            metavar="NAME",
-            help="kvm: what a flush waits for: fence (targets out of guest mode; the default "
-            "where the host has membarrier) or confirm (each target's thread has flushed).",
-        ),
-    ] = None,
+    flush_protocol: Annotated[str | None, remote_flush_option("kvm: ")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Run a partition whose vCPUs issue the PV TLB-flush and PV IPI hypercalls; verify every
