@@ -19,6 +19,7 @@ from vpindex.abi.hvflags import DEFAULT_HV_FLAGS, parse_hv_flags
 from vpindex.backends.kvm.linuxvm.run import LinuxRun, run_linux
 from vpindex.backends.linux import build
 from vpindex.backends.linux.build import BuildResult, SourceError, build_kernel
+from vpindex.defaults import FLUSH_PROTOCOLS
 
 pytestmark = pytest.mark.linux_build
 
@@ -68,6 +69,14 @@ def _common(report: dict[str, Any], vp_indexes: tuple[int, ...]) -> None:
     assert all(v is not None for v in report["milestones_s"].values())
     assert report["host_fixes"].keys() >= {"syscall-at-cpl3", "int3-at-cpl0"}
     assert report["ipi_calls_checked"] > 0
+    assert report["flush_protocol"] in FLUSH_PROTOCOLS
+    # The guest's function-call row counts no more than the engine addressed on its vectors.
+    by_vector = report["interrupts"]["vmm_ipis_workload_by_vector"]
+    cal = report["interrupts"]["guest"]["CAL"]["delta"]
+    zeros = [0] * len(cal)
+    single, many = by_vector.get("0xfb", zeros), by_vector.get("0xfc", zeros)
+    sent = [a + b for a, b in zip(single, many, strict=True)]
+    assert all(c <= s for c, s in zip(cal, sent, strict=True)), (cal, by_vector)
 
 
 def test_four_vcpus_with_shuffled_vp_indexes_below_64(guest: BuildResult) -> None:
