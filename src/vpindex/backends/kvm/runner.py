@@ -18,7 +18,6 @@ from vpindex.abi import (
 from vpindex.abi.hvflags import HvSelection
 from vpindex.backends.kvm.errors import KvmError
 from vpindex.backends.kvm.guests.suite_layout import Kind, Map
-from vpindex.backends.kvm.remote_flush import default_flush_protocol
 from vpindex.backends.kvm.suite_machine import (
     CaseSpec,
     SenderPlan,
@@ -194,6 +193,7 @@ def run_vpindex(
     strategy: str,
     timeout: float,
     features: Features = _ALL_FEATURES,
+    flush_protocol: str | None = None,
 ) -> tuple[list[CaseResult], dict[str, Any]]:
     """VP_INDEX scenario: every vCPU reads its VP index by RDMSR and its write must #GP; vCPU 0
     also calls the hypercall page from CPL3, which must #UD."""
@@ -202,7 +202,7 @@ def run_vpindex(
     roles = ["sender"] + ["exit"] * (vcpus - 1)
     sm = SuiteMachine(
         vcpus=vcpus, vp_indexes=vp_indexes, roles=roles, plans=[plan], strategy=strategy,
-        features=features,
+        features=features, flush_protocol=flush_protocol,
     )  # fmt: skip
     try:
         sm.run(timeout, wait_for=range(vcpus))
@@ -247,6 +247,7 @@ def _machine_figures(sm: SuiteMachine) -> dict[str, Any]:
         "run_s": round(m.run_s, 4),
         "tsc_khz": m.tsc_khz,
         "exits": sum(t.exits for t in m.threads),
+        "flush_protocol": m.remote_flush.protocol,
     }
 
 
@@ -297,7 +298,9 @@ def run_suite_impl(
                 flush_protocol=flush_protocol,
             )  # fmt: skip
         else:
-            cases, figures = run_vpindex(vcpus, vps, strategy, left, features)
+            cases, figures = run_vpindex(
+                vcpus, vps, strategy, left, features, flush_protocol=flush_protocol
+            )
         report.cases.extend(cases)
         scenario_mix = figures.pop("mix", None)
         if scenario_mix is not None:
@@ -318,7 +321,8 @@ def run_suite_impl(
         report.extra.setdefault("scenarios", {})[name] = figures
     if hv is not None:
         report.extra["hv_flags"] = list(hv.flags)
-    report.extra["flush_protocol"] = flush_protocol or default_flush_protocol()
+    # what the scenarios' machines used (each took the same ``flush_protocol``)
+    report.extra["flush_protocol"] = figures["flush_protocol"]
     report.latency_us = percentiles(pools["ipi"] + pools["flush"] + pools["flush_to_halted"])
     report.extra["latency_by_kind_us"] = {k: percentiles(v) for k, v in pools.items() if v}
     report.extra.update(mix.to_extra())
